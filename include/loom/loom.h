@@ -1,0 +1,16 @@
+// loom: parallel transformer training and inference in C. Umbrella header.
+
+#ifndef LOOM_LOOM_H
+#define LOOM_LOOM_H
+
+#include "loom/data.h"
+#include "loom/dtype.h"
+#include "loom/graph.h"
+#include "loom/model.h"
+#include "loom/safetensors.h"
+#include "loom/status.h"
+#include "loom/train.h"
+
+#define LOOM_VERSION_STRING "0.1.0"
+
+#endif // LOOM_LOOM_H

@@ -1,0 +1,290 @@
+// CPU backend: maps each graph node to its kernel call (the kernel half of an op-table row),
+// validating what user data can get wrong (token ids) before any kernel runs.
+
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+
+#include "core/core.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <string.h>
+
+#define F(v) ((float *)ptr[v])
+#define CF(v) ((const float *)ptr[v])
+#define IDS(v) ((const int32_t *)ptr[v])
+#define OPT(v) ((v) >= 0 ? (float *)ptr[v] : NULL)
+
+static int64_t dim(const loom_graph *g, loom_value v, int i) {
+    const loom_value_info *vi = &g->values[v];
+    return vi->shape[i < 0 ? vi->ndim + i : i];
+}
+
+static int64_t rows(const loom_graph *g, loom_value v) {
+    return loom__value_numel(g, v) / dim(g, v, -1);
+}
+
+// Token ids come from user data: an id outside the vocabulary is an error, not a crash.
+static loom_status check_ids(const loom_graph *g, const loom_node *n, const int32_t *ids,
+                             int64_t count, int64_t limit, int64_t allowed, const char *what) {
+    for (int64_t i = 0; i < count; i++) {
+        if ((ids[i] < 0 || ids[i] >= limit) && ids[i] != allowed)
+            return loom__error(LOOM_ERR_INVALID,
+                               "%s in module '%s': %s %d at position %lld is outside [0, %lld); "
+                               "the data does not fit this model's vocabulary",
+                               loom__op_def(n->op)->signature, g->modules[n->module], what,
+                               ids[i], (long long)i, (long long)limit);
+    }
+    return LOOM_OK;
+}
+
+static int64_t count_kept(const int32_t *targets, int64_t n, int32_t ignore) {
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++) c += targets[i] != ignore;
+    return c;
+}
+
+// ---- slice (a copy along the last dim) ----------------------------------------------------------
+
+static void slice_forward(float *out, const float *inp, int64_t N, int64_t C, int64_t start,
+                          int64_t len) {
+#pragma omp parallel for if (N * len > 32768)
+    for (int64_t r = 0; r < N; r++) memcpy(out + r * len, inp + r * C + start, (size_t)len * 4);
+}
+
+static void slice_backward(float *dinp, const float *dout, int64_t N, int64_t C, int64_t start,
+                           int64_t len, int acc) {
+#pragma omp parallel for if (N * C > 32768)
+    for (int64_t r = 0; r < N; r++) {
+        float *d = dinp + r * C;
+        const float *s = dout + r * len;
+        if (!acc) {
+            memset(d, 0, (size_t)start * 4);
+            memset(d + start + len, 0, (size_t)(C - start - len) * 4);
+            memcpy(d + start, s, (size_t)len * 4);
+        } else {
+            for (int64_t i = 0; i < len; i++) d[start + i] += s[i];
+        }
+    }
+}
+
+// ---- forward ------------------------------------------------------------------------------------
+
+static loom_status cpu_forward(const loom_graph *g, const loom_node *n, void *const *ptr) {
+    const int32_t *in = n->in, *out = n->out;
+    switch (n->op) {
+    case LOOM_OP_EMBEDDING: {
+        int64_t N = loom__value_numel(g, in[0]), V = dim(g, in[1], 0), C = dim(g, in[1], 1);
+        LOOM_CHECK(check_ids(g, n, IDS(in[0]), N, V, V, "token id"));
+        loom_cpu_embedding_forward(F(out[0]), IDS(in[0]), CF(in[1]), N, V, C);
+        return LOOM_OK;
+    }
+    case LOOM_OP_LINEAR:
+    case LOOM_OP_LINEAR_BIAS:
+    case LOOM_OP_CONV1D: {
+        int kn = n->op == LOOM_OP_CONV1D;
+        int64_t M = rows(g, in[0]), K = dim(g, in[0], -1), N = dim(g, out[0], -1);
+        const float *bias = n->op == LOOM_OP_LINEAR ? NULL : CF(in[2]);
+        loom_cpu_linear_forward(F(out[0]), CF(in[0]), CF(in[1]), bias, M, K, N, kn);
+        return LOOM_OK;
+    }
+    case LOOM_OP_MATMUL: {
+        const loom_value_info *a = &g->values[in[0]];
+        int64_t M = a->shape[a->ndim - 2], K = a->shape[a->ndim - 1], N = dim(g, in[1], -1);
+        int64_t Bt = loom__value_numel(g, in[0]) / (M * K);
+        loom_cpu_matmul_forward(F(out[0]), CF(in[0]), CF(in[1]), Bt, M, K, N);
+        return LOOM_OK;
+    }
+    case LOOM_OP_ADD:
+        loom_cpu_add_forward(F(out[0]), CF(in[0]), CF(in[1]), loom__value_numel(g, in[0]));
+        return LOOM_OK;
+    case LOOM_OP_MUL:
+        loom_cpu_mul_forward(F(out[0]), CF(in[0]), CF(in[1]), loom__value_numel(g, in[0]));
+        return LOOM_OK;
+    case LOOM_OP_LAYERNORM:
+        loom_cpu_layernorm_forward(F(out[0]), F(out[1]), F(out[2]), CF(in[0]), CF(in[1]),
+                                   CF(in[2]), rows(g, in[0]), dim(g, in[0], -1), n->af[0]);
+        return LOOM_OK;
+    case LOOM_OP_RMSNORM:
+        loom_cpu_rmsnorm_forward(F(out[0]), F(out[1]), CF(in[0]), CF(in[1]), rows(g, in[0]),
+                                 dim(g, in[0], -1), n->af[0]);
+        return LOOM_OK;
+    case LOOM_OP_GELU:
+        loom_cpu_gelu_forward(F(out[0]), CF(in[0]), loom__value_numel(g, in[0]));
+        return LOOM_OK;
+    case LOOM_OP_SILU:
+        loom_cpu_silu_forward(F(out[0]), CF(in[0]), loom__value_numel(g, in[0]));
+        return LOOM_OK;
+    case LOOM_OP_ROPE: {
+        int64_t H = n->ai[0], D = dim(g, in[0], -1) / H;
+        loom_cpu_rope_forward(F(out[0]), CF(in[0]), IDS(in[1]), rows(g, in[0]), H, D, n->af[0]);
+        return LOOM_OK;
+    }
+    case LOOM_OP_ATTENTION: {
+        int64_t Hq = n->ai[0], Hkv = n->ai[1];
+        int64_t B = dim(g, in[0], 0), T = dim(g, in[0], 1), D = dim(g, in[0], 2) / Hq;
+        loom_cpu_attention_forward(F(out[0]), F(out[1]), CF(in[0]), CF(in[1]), CF(in[2]), B, T,
+                                   Hq, Hkv, D);
+        return LOOM_OK;
+    }
+    case LOOM_OP_ATTENTION_CACHED: {
+        int64_t Hq = n->ai[0], Hkv = n->ai[1];
+        int64_t B = dim(g, in[0], 0), Tq = dim(g, in[0], 1), D = dim(g, in[0], 2) / Hq;
+        int64_t Tmax = dim(g, in[3], 1), Ckv = Hkv * D;
+        const int32_t *pos = IDS(in[5]);
+        // Rows of a batch advance together: position of row b, step t is pos0 + t.
+        int64_t pos0 = pos[0];
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = 0; t < Tq; t++)
+                if (pos[b * Tq + t] != pos0 + t)
+                    return loom__error(LOOM_ERR_INVALID, "loom.attention_cached: positions must "
+                                       "be pos0, pos0+1, ... in every row");
+        if (pos0 < 0 || pos0 + Tq > Tmax)
+            return loom__error(LOOM_ERR_INVALID,
+                               "loom.attention_cached: positions %lld..%lld exceed the cache "
+                               "length %lld", (long long)pos0, (long long)(pos0 + Tq - 1),
+                               (long long)Tmax);
+        float *kc = F(in[3]), *vc = F(in[4]);
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(kc + (b * Tmax + pos0) * Ckv, CF(in[1]) + b * Tq * Ckv, (size_t)(Tq * Ckv) * 4);
+            memcpy(vc + (b * Tmax + pos0) * Ckv, CF(in[2]) + b * Tq * Ckv, (size_t)(Tq * Ckv) * 4);
+        }
+        loom_cpu_attention_cached_forward(F(out[0]), CF(in[0]), kc, vc, B, Tq, Tmax, pos0, Hq,
+                                          Hkv, D);
+        return LOOM_OK;
+    }
+    case LOOM_OP_CROSS_ENTROPY: {
+        int64_t N = rows(g, in[0]), V = dim(g, in[0], -1);
+        int32_t ignore = (int32_t)n->ai[0];
+        LOOM_CHECK(check_ids(g, n, IDS(in[1]), N, V, ignore, "target id"));
+        float *losses = F(out[2]);
+        loom_cpu_cross_entropy_forward(losses, F(out[1]), CF(in[0]), IDS(in[1]), N, V, ignore);
+        int64_t kept = count_kept(IDS(in[1]), N, ignore);
+        double sum = 0;
+        for (int64_t i = 0; i < N; i++) sum += losses[i];
+        F(out[0])[0] = kept ? (float)(sum / (double)kept) : 0.0f;
+        return LOOM_OK;
+    }
+    case LOOM_OP_SLICE:
+        slice_forward(F(out[0]), CF(in[0]), rows(g, in[0]), dim(g, in[0], -1), n->ai[0], n->ai[1]);
+        return LOOM_OK;
+    case LOOM_OP_COUNT: break;
+    }
+    return loom__error(LOOM_ERR_INTERNAL, "cpu backend: no forward kernel for op %d", n->op);
+}
+
+// ---- backward -----------------------------------------------------------------------------------
+
+static loom_status cpu_backward(const loom_graph *g, const loom_node *n, uint32_t acc,
+                                void *const *ptr) {
+    const loom_node *f = &g->nodes[n->fwd];
+    const int32_t *in = f->in, *out = f->out;
+    const int32_t *dout = n->in, *din = n->out;
+#define ACC(k) ((int)((acc >> (k)) & 1))
+    switch (f->op) {
+    case LOOM_OP_EMBEDDING: {
+        int64_t N = loom__value_numel(g, in[0]), V = dim(g, in[1], 0), C = dim(g, in[1], 1);
+        if (din[1] >= 0)
+            loom_cpu_embedding_backward(F(din[1]), CF(dout[0]), IDS(in[0]), N, V, C, ACC(1));
+        return LOOM_OK;
+    }
+    case LOOM_OP_LINEAR:
+    case LOOM_OP_LINEAR_BIAS:
+    case LOOM_OP_CONV1D: {
+        int kn = f->op == LOOM_OP_CONV1D;
+        int64_t M = rows(g, in[0]), K = dim(g, in[0], -1), N = dim(g, out[0], -1);
+        float *dbias = f->op == LOOM_OP_LINEAR ? NULL : OPT(din[2]);
+        loom_cpu_linear_backward(OPT(din[0]), OPT(din[1]), dbias, CF(dout[0]), CF(in[0]),
+                                 CF(in[1]), M, K, N, kn, ACC(0), ACC(1), ACC(2));
+        return LOOM_OK;
+    }
+    case LOOM_OP_MATMUL: {
+        const loom_value_info *a = &g->values[in[0]];
+        int64_t M = a->shape[a->ndim - 2], K = a->shape[a->ndim - 1], N = dim(g, in[1], -1);
+        int64_t Bt = loom__value_numel(g, in[0]) / (M * K);
+        loom_cpu_matmul_backward(OPT(din[0]), OPT(din[1]), CF(dout[0]), CF(in[0]), CF(in[1]), Bt,
+                                 M, K, N, ACC(0), ACC(1));
+        return LOOM_OK;
+    }
+    case LOOM_OP_ADD:
+        loom_cpu_add_backward(OPT(din[0]), OPT(din[1]), CF(dout[0]), loom__value_numel(g, in[0]),
+                              ACC(0), ACC(1));
+        return LOOM_OK;
+    case LOOM_OP_MUL:
+        loom_cpu_mul_backward(OPT(din[0]), OPT(din[1]), CF(dout[0]), CF(in[0]), CF(in[1]),
+                              loom__value_numel(g, in[0]), ACC(0), ACC(1));
+        return LOOM_OK;
+    case LOOM_OP_LAYERNORM:
+        loom_cpu_layernorm_backward(OPT(din[0]), OPT(din[1]), OPT(din[2]), CF(dout[0]), CF(in[0]),
+                                    CF(in[1]), CF(out[1]), CF(out[2]), rows(g, in[0]),
+                                    dim(g, in[0], -1), ACC(0), ACC(1), ACC(2));
+        return LOOM_OK;
+    case LOOM_OP_RMSNORM:
+        loom_cpu_rmsnorm_backward(OPT(din[0]), OPT(din[1]), CF(dout[0]), CF(in[0]), CF(in[1]),
+                                  CF(out[1]), rows(g, in[0]), dim(g, in[0], -1), ACC(0), ACC(1));
+        return LOOM_OK;
+    case LOOM_OP_GELU:
+        if (din[0] >= 0)
+            loom_cpu_gelu_backward(F(din[0]), CF(dout[0]), CF(in[0]), loom__value_numel(g, in[0]),
+                                   ACC(0));
+        return LOOM_OK;
+    case LOOM_OP_SILU:
+        if (din[0] >= 0)
+            loom_cpu_silu_backward(F(din[0]), CF(dout[0]), CF(in[0]), loom__value_numel(g, in[0]),
+                                   ACC(0));
+        return LOOM_OK;
+    case LOOM_OP_ROPE: {
+        int64_t H = f->ai[0], D = dim(g, in[0], -1) / H;
+        if (din[0] >= 0)
+            loom_cpu_rope_backward(F(din[0]), CF(dout[0]), IDS(in[1]), rows(g, in[0]), H, D,
+                                   f->af[0], ACC(0));
+        return LOOM_OK;
+    }
+    case LOOM_OP_ATTENTION: {
+        int64_t Hq = f->ai[0], Hkv = f->ai[1];
+        int64_t B = dim(g, in[0], 0), T = dim(g, in[0], 1), D = dim(g, in[0], 2) / Hq;
+        loom_cpu_attention_backward(OPT(din[0]), OPT(din[1]), OPT(din[2]), CF(dout[0]), CF(in[0]),
+                                    CF(in[1]), CF(in[2]), CF(out[0]), CF(out[1]), B, T, Hq, Hkv,
+                                    D, ACC(0), ACC(1), ACC(2));
+        return LOOM_OK;
+    }
+    case LOOM_OP_CROSS_ENTROPY: {
+        int64_t N = rows(g, in[0]), V = dim(g, in[0], -1);
+        int32_t ignore = (int32_t)f->ai[0];
+        int64_t kept = count_kept(IDS(in[1]), N, ignore);
+        float dloss = CF(dout[0])[0];
+        float scale = kept ? dloss / (float)kept : 0.0f;
+        if (din[0] >= 0)
+            loom_cpu_cross_entropy_backward(F(din[0]), CF(in[0]), CF(out[1]), IDS(in[1]), N, V,
+                                            ignore, scale, ACC(0));
+        return LOOM_OK;
+    }
+    case LOOM_OP_SLICE:
+        if (din[0] >= 0)
+            slice_backward(F(din[0]), CF(dout[0]), rows(g, in[0]), dim(g, in[0], -1), f->ai[0],
+                           f->ai[1], ACC(0));
+        return LOOM_OK;
+    case LOOM_OP_ATTENTION_CACHED:
+    case LOOM_OP_COUNT: break;
+    }
+#undef ACC
+    return loom__error(LOOM_ERR_INTERNAL, "cpu backend: no backward kernel for op %d", f->op);
+}
+
+static void cpu_set_threads(int n) {
+    if (n <= 0) return;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+static const loom_backend_i cpu_backend = {
+    .name = "cpu",
+    .forward = cpu_forward,
+    .backward = cpu_backward,
+    .sum_squares = loom_cpu_sum_squares,
+    .adamw = loom_cpu_adamw_update,
+    .sgd = loom_cpu_sgd_update,
+    .set_threads = cpu_set_threads,
+};
+
+const loom_backend_i *loom__backend_cpu(void) { return &cpu_backend; }

@@ -1,0 +1,61 @@
+// Shared vectorizable math for the CPU kernels: exp over arrays, accurate to about 1 ulp.
+// Internal to the kernels (not in kernels.h): each user repeats the one-line prototype below.
+
+#include <stdint.h>
+
+double loom_cpu__exp_affine(float *out, const float *x, float scale, float shift, int64_t n);
+
+// exp(z) = 2^k * exp(r) with k = round(z / ln 2) and r = z - k ln 2 in [-ln2/2, ln2/2];
+// exp(r) by its degree-7 Taylor polynomial (truncation error < 0.1 ulp), 2^k built in the
+// exponent bits. Branch-free so that loops calling it vectorize. Results below FLT_MIN
+// flush to 0, above FLT_MAX give +inf, NaN propagates.
+static inline float exp_scalar(float z) {
+    const float log2e = 1.44269504088896341f;
+    const float ln2_hi = 0.693359375f;        // ln 2 = ln2_hi + ln2_lo, ln2_hi exact in 9 bits
+    const float ln2_lo = -2.12194440e-4f;
+    const float round_shift = 12582912.0f;    // 1.5 * 2^23: adding it rounds to an integer
+    const float z_min = -87.3365447f;         // ln(FLT_MIN)
+    const float z_max = 88.7228391f;          // ln(FLT_MAX)
+
+    float zc = z < z_min ? z_min : z;
+    zc = zc > z_max ? z_max : zc;
+    float k_shifted = __builtin_fmaf(zc, log2e, round_shift);
+    float k = k_shifted - round_shift;
+    // k reaches 128 only at the very top of the range: use 2^127 and double the polynomial.
+    float top = k > 127.0f ? 2.0f : 1.0f;
+    k = k > 127.0f ? 127.0f : k;
+    float r = __builtin_fmaf(k, -ln2_hi, zc);
+    r = __builtin_fmaf(k, -ln2_lo, r);
+    float p = 1.0f / 5040.0f;
+    p = __builtin_fmaf(p, r, 1.0f / 720.0f);
+    p = __builtin_fmaf(p, r, 1.0f / 120.0f);
+    p = __builtin_fmaf(p, r, 1.0f / 24.0f);
+    p = __builtin_fmaf(p, r, 1.0f / 6.0f);
+    p = __builtin_fmaf(p, r, 0.5f);
+    p = __builtin_fmaf(p, r, 1.0f);
+    p = __builtin_fmaf(p, r, 1.0f);
+    union { float f; int32_t i; } two_k = { .i = ((int32_t)k + 127) * (1 << 23) };
+    float e = p * top * two_k.f;
+    e = z < z_min ? 0.0f : e;
+    return z > z_max ? __builtin_inff() : e;
+}
+
+// out[i] = exp(x[i] * scale + shift) (one rounding for the affine part); returns the sum of the
+// results, accumulated in double in a fixed order. out may alias x; out may be NULL when only
+// the sum is wanted.
+double loom_cpu__exp_affine(float *out, const float *x, float scale, float shift, int64_t n) {
+    double sum = 0.0;
+    if (out) {
+        #pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < n; i++) {
+            float e = exp_scalar(__builtin_fmaf(x[i], scale, shift));
+            out[i] = e;
+            sum += (double)e;
+        }
+    } else {
+        #pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < n; i++)
+            sum += (double)exp_scalar(__builtin_fmaf(x[i], scale, shift));
+    }
+    return sum;
+}

@@ -1,0 +1,123 @@
+// Internal view of the graph: values, nodes and the op table shared by ir, lower and backends.
+
+#ifndef LOOM_IR_IR_H
+#define LOOM_IR_IR_H
+
+#include "loom/graph.h"
+
+#include <stdbool.h>
+
+#define LOOM_MAX_IO 8
+
+// Op ids, one per row of the op table (src/ir/ops.c). Append-only.
+typedef enum loom_op {
+    LOOM_OP_EMBEDDING = 0,
+    LOOM_OP_LINEAR,
+    LOOM_OP_LINEAR_BIAS,
+    LOOM_OP_CONV1D,
+    LOOM_OP_MATMUL,
+    LOOM_OP_ADD,
+    LOOM_OP_MUL,
+    LOOM_OP_LAYERNORM,
+    LOOM_OP_RMSNORM,
+    LOOM_OP_GELU,
+    LOOM_OP_SILU,
+    LOOM_OP_ROPE,
+    LOOM_OP_ATTENTION,
+    LOOM_OP_ATTENTION_CACHED,
+    LOOM_OP_CROSS_ENTROPY,
+    LOOM_OP_SLICE,
+    LOOM_OP_COUNT
+} loom_op;
+
+// Op-table row flags.
+enum {
+    LOOM_OPF_NO_BACKWARD = 1u << 0,        // inference-only op
+    LOOM_OPF_BIAS_AFTER_REDUCE = 1u << 1,  // last input (bias) is added once, after a k+ reduction
+    LOOM_OPF_CUSTOM_SPLIT = 1u << 2,       // splitting its reduce dim needs more than a partial
+                                           // sum (see split_note)
+    LOOM_OPF_MUTATES_STATE = 1u << 3,      // writes into STATE inputs
+};
+
+typedef struct loom_node loom_node;
+typedef struct loom_graph loom_graph;
+
+// One row of the op table. Kernels live in the backends, indexed by loom_op.
+typedef struct loom_op_def {
+    const char *signature;    // "loom.linear"
+    const char *annotation;   // dimension annotation (DESIGN.md section 2)
+    const char *in_types;     // one char per input: 'f' fp32, 'i' int32
+    uint32_t flags;
+    uint32_t bwd_needs_in;    // bit i: backward reads forward input i
+    uint32_t bwd_needs_out;   // bit o: backward reads forward output o
+    uint32_t grad_inputs;     // bit i: input i can receive a gradient
+    const char *split_note;   // how a LOOM_OPF_CUSTOM_SPLIT op reduces ("max and sum-of-exp")
+    // Identifier sizes the shapes alone cannot give (products), from the node's attributes:
+    // writes "g=2,r=2" into buf.
+    void (*sizes)(const loom_node *n, char *buf, size_t cap);
+    // FLOPs of the forward and of the backward (NULL: one per output element / twice that).
+    double (*flops)(const loom_graph *g, const loom_node *n, bool backward);
+} loom_op_def;
+
+const loom_op_def *loom__op_def(loom_op op);
+
+typedef struct loom_value_info {
+    char *name;              // owned; params: file name; others: generated
+    loom_dtype dtype;
+    int ndim;
+    int64_t shape[LOOM_MAX_DIMS];
+    loom_role role;
+    int32_t producer;        // forward node producing it; -1 for leaves and gradients
+    int32_t grad;            // value holding d(loss)/d(this value), -1
+    int32_t grad_of;         // for gradients: the value it is the gradient of, -1
+    bool is_output;          // kept alive after a run
+} loom_value_info;
+
+struct loom_node {
+    loom_op op;
+    bool backward;           // a backward node: computes input grads of node `fwd`
+    int32_t fwd;             // forward node of a backward node, -1 otherwise
+    int n_in, n_out;
+    // Forward: in = op inputs, out = op outputs.
+    // Backward: in = gradients of the forward outputs (-1 where none), out = gradients of the
+    // forward inputs (-1 where not wanted); it also reads the forward's saved in/outs per table.
+    int32_t in[LOOM_MAX_IO];
+    int32_t out[LOOM_MAX_IO];
+    int64_t ai[4];           // integer attributes (per op, see ops.c)
+    float af[4];             // float attributes
+    int32_t module;          // index into the graph's module path table
+};
+
+struct loom_graph {
+    loom_value_info *values;
+    int n_values, cap_values;
+    loom_node *nodes;
+    int n_nodes, cap_nodes;
+    char **modules;          // interned module paths
+    int n_modules, cap_modules;
+    char scope[1024];        // current dotted path
+    int scope_len[64];       // lengths of the path at each push
+    int scope_depth;
+    int32_t current_module;
+    loom_status status;      // first sticky error
+    char *error;             // its message
+    bool has_backward;
+    int32_t loss;            // value the backward was built for, -1
+};
+
+// Record a sticky builder error (keeps the first); returns LOOM_NONE.
+loom_value loom__graph_fail(loom_graph *g, loom_status st);
+// Append a value; returns its index or LOOM_NONE (error recorded).
+loom_value loom__graph_add_value(loom_graph *g, const char *name, loom_dtype dtype, int ndim,
+                                 const int64_t *shape, loom_role role);
+// Append a forward node of `op` over inputs, inferring output shapes from the annotation.
+// Returns the node index or -1. out[] receives the output values.
+int loom__graph_add_node(loom_graph *g, loom_op op, int n_in, const loom_value *in,
+                         const int64_t *ai, const float *af, loom_value *out);
+// Append a raw node (autodiff); returns its index or -1.
+int loom__graph_push_node(loom_graph *g, const loom_node *n);
+// Bytes of a value.
+size_t loom__value_bytes(const loom_graph *g, loom_value v);
+int64_t loom__value_numel(const loom_graph *g, loom_value v);
+
+#endif // LOOM_IR_IR_H

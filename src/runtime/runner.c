@@ -1,0 +1,152 @@
+// The one-rank executor: binds a program's regions to memory and runs its instructions.
+
+#include "runtime/runner.h"
+
+#include "core/core.h"
+
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+loom_status loom__runner_create(loom_program *prog, const loom_backend_i *be, float *params,
+                                loom_runner **out) {
+    *out = NULL;
+    const loom_graph *g = prog->graph;
+    loom_runner *r = loom__calloc(1, sizeof *r);
+    if (!r) return loom__program_free(prog), LOOM_ERR_NOMEM;
+    r->prog = prog;
+    r->be = be;
+    r->ptr = loom__calloc((size_t)g->n_values, sizeof(void *));
+    r->batch_src = loom__calloc((size_t)g->n_values, sizeof(void *));
+    if (!r->ptr || !r->batch_src) goto nomem;
+    for (int reg = LOOM_REGION_ARENA; reg < LOOM_REGION_COUNT; reg++) {
+        if (reg == LOOM_REGION_PARAM) continue;
+        size_t bytes = prog->region_bytes[reg];
+        if (!bytes) continue;
+        r->region[reg] = loom__malloc_aligned(bytes);
+        if (!r->region[reg]) goto nomem;
+        memset(r->region[reg], 0, bytes);  // also faults the pages in before the first step
+    }
+    r->region[LOOM_REGION_PARAM] = params;
+    for (int v = 0; v < g->n_values; v++) {
+        int reg = prog->region[v];
+        if (reg == LOOM_REGION_NONE) continue;
+        r->ptr[v] = (char *)r->region[reg] + prog->offset[v];
+    }
+    *out = r;
+    return LOOM_OK;
+nomem:
+    loom__runner_free(r);
+    return loom__error(LOOM_ERR_NOMEM, "out of memory binding a program (arena %zu bytes)",
+                       prog->region_bytes[LOOM_REGION_ARENA]);
+}
+
+void loom__runner_free(loom_runner *r) {
+    if (!r) return;
+    for (int reg = 0; reg < LOOM_REGION_COUNT; reg++)
+        if (reg != LOOM_REGION_PARAM) loom__free_aligned(r->region[reg]);
+    loom__free_aligned(r->opt_m);
+    loom__free_aligned(r->opt_v);
+    loom__free(r->ptr);
+    loom__free(r->batch_src);
+    loom__program_free(r->prog);
+    loom__free(r);
+}
+
+size_t loom__runner_bytes(const loom_runner *r, loom_region region) {
+    return r->prog->region_bytes[region];
+}
+
+// ---- instructions -------------------------------------------------------------------------------
+
+static loom_status load_batch(loom_runner *r, int micro) {
+    const loom_graph *g = r->prog->graph;
+    for (int v = 0; v < g->n_values; v++) {
+        if (r->prog->region[v] != LOOM_REGION_INPUT) continue;
+        if (!r->batch_src[v])
+            return loom__error(LOOM_ERR_INVALID, "input '%s' was not provided",
+                               g->values[v].name);
+        size_t bytes = loom__value_bytes(g, v);
+        memcpy(r->ptr[v], (const char *)r->batch_src[v] + (size_t)micro * bytes, bytes);
+    }
+    return LOOM_OK;
+}
+
+static size_t param_floats(const loom_runner *r) {
+    return r->prog->region_bytes[LOOM_REGION_PARAM] / sizeof(float);
+}
+
+// Global gradient norm over all parameters; the scale that clips it (torch clip_grad_norm_).
+static void clip_grads(loom_runner *r) {
+    float *grads = r->region[LOOM_REGION_PARAM_GRAD];
+    double norm = sqrt(r->be->sum_squares(grads, (int64_t)param_floats(r)));
+    r->last_grad_norm = (float)norm;
+}
+
+static loom_status optimizer_step(loom_runner *r) {
+    size_t n = param_floats(r);
+    float *params = r->region[LOOM_REGION_PARAM], *grads = r->region[LOOM_REGION_PARAM_GRAD];
+    const loom_optim_params *o = &r->optim;
+    float scale = 1.0f;
+    if (o->grad_clip > 0) {
+        float coef = o->grad_clip / (r->last_grad_norm + 1e-6f);
+        if (coef < 1.0f) scale = coef;
+    }
+    if (!isfinite(r->last_grad_norm))
+        return loom__error(LOOM_ERR_INVALID, "gradient norm is %g at step %lld: the loss "
+                           "diverged (lower the learning rate or enable --grad-clip)",
+                           (double)r->last_grad_norm, (long long)r->step + 1);
+    if (!r->opt_m) {
+        r->opt_m = loom__malloc_aligned(n * sizeof(float));
+        if (!r->opt_m) return LOOM_ERR_NOMEM;
+        memset(r->opt_m, 0, n * sizeof(float));
+        if (o->kind == 0) {
+            r->opt_v = loom__malloc_aligned(n * sizeof(float));
+            if (!r->opt_v) return LOOM_ERR_NOMEM;
+            memset(r->opt_v, 0, n * sizeof(float));
+        }
+    }
+    r->step++;
+    if (o->kind == 0)
+        r->be->adamw(params, grads, r->opt_m, r->opt_v, (int64_t)n, o->lr, o->beta1, o->beta2,
+                     o->eps, o->weight_decay, r->step, scale);
+    else
+        r->be->sgd(params, grads, o->momentum != 0 ? r->opt_m : NULL, (int64_t)n, o->lr,
+                   o->momentum, o->weight_decay, r->step, scale);
+    return LOOM_OK;
+}
+
+loom_status loom__runner_run(loom_runner *r) {
+    const loom_program *p = r->prog;
+    const loom_graph *g = p->graph;
+    r->loss_sum = 0;
+    for (int i = 0; i < p->n_instr; i++) {
+        const loom_instr *in = &p->instr[i];
+        double t0 = r->profile ? omp_get_wtime() : 0;
+        switch (in->kind) {
+        case LOOM_INSTR_ZERO_GRADS:
+            memset(r->region[LOOM_REGION_PARAM_GRAD], 0, p->region_bytes[LOOM_REGION_PARAM_GRAD]);
+            break;
+        case LOOM_INSTR_LOAD_BATCH: LOOM_CHECK(load_batch(r, in->arg)); break;
+        case LOOM_INSTR_SEED_GRAD:
+            *(float *)r->ptr[g->values[p->loss].grad] = 1.0f / (float)p->micro_batches;
+            break;
+        case LOOM_INSTR_RECORD_LOSS: r->loss_sum += *(const float *)r->ptr[p->loss]; break;
+        case LOOM_INSTR_FORWARD:
+            LOOM_CHECK(r->be->forward(g, &g->nodes[in->node], r->ptr));
+            break;
+        case LOOM_INSTR_BACKWARD:
+            LOOM_CHECK(r->be->backward(g, &g->nodes[in->node], in->acc_mask, r->ptr));
+            break;
+        case LOOM_INSTR_CLIP_GRADS: clip_grads(r); break;
+        case LOOM_INSTR_OPTIMIZER_STEP:
+            if (!r->skip_update) LOOM_CHECK(optimizer_step(r));
+            break;
+        case LOOM_INSTR_COUNT: LOOM_ASSERT(0);
+        }
+        if (r->profile && in->node >= 0)
+            r->op_seconds[g->nodes[in->node].op][in->kind == LOOM_INSTR_BACKWARD] +=
+                omp_get_wtime() - t0;
+    }
+    return LOOM_OK;
+}

@@ -1,0 +1,43 @@
+// A program bound to buffers on a backend, ready to run: the one-rank executor.
+
+#ifndef LOOM_RUNTIME_RUNNER_H
+#define LOOM_RUNTIME_RUNNER_H
+
+#include "backend/backend.h"
+#include "lower/program.h"
+
+typedef struct loom_optim_params {
+    int kind;  // 0 AdamW, 1 SGD (loom_optimizer_kind)
+    float lr, beta1, beta2, eps, weight_decay, momentum, grad_clip;
+} loom_optim_params;
+
+typedef struct loom_runner {
+    loom_program *prog;
+    const loom_backend_i *be;
+    void *region[LOOM_REGION_COUNT];  // owned, except PARAM (bound to the model)
+    void **ptr;                       // per value: its buffer, NULL when unused
+    // Per-step inputs: the caller's arrays for each INPUT value, micro-batch major.
+    const void **batch_src;
+    // Optimizer state, flat over the parameter region.
+    float *opt_m, *opt_v;
+    int64_t step;
+    loom_optim_params optim;
+    float last_grad_norm;
+    double loss_sum;  // sum of the micro-batch losses of the current step
+    int skip_update;  // run forward and backward only (gradients stay readable)
+    // Per-op profile (seconds, forward and backward), when profiling.
+    int profile;
+    double op_seconds[LOOM_OP_COUNT][2];
+} loom_runner;
+
+// Bind `prog` (ownership passes to the runner) with parameters at `params` (the model's flat
+// storage laid out as the program's PARAM region).
+loom_status loom__runner_create(loom_program *prog, const loom_backend_i *be, float *params,
+                                loom_runner **out);
+void loom__runner_free(loom_runner *r);
+// Run every instruction once: one step (training) or one forward pass.
+loom_status loom__runner_run(loom_runner *r);
+// Bytes the runner owns per region.
+size_t loom__runner_bytes(const loom_runner *r, loom_region region);
+
+#endif // LOOM_RUNTIME_RUNNER_H

@@ -1,0 +1,215 @@
+// loom train: train a model on a token file (llm.c .bin layout) or plain text (byte tokens).
+
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *train_usage =
+    "loom train (--model-dir DIR | --model gpt2|llama [sizes]) --data FILE [--steps N] "
+    "[--batch B] [--seq T] [--lr X] [options]";
+
+static void print_help(void) {
+    printf("usage: %s\n\n%s", train_usage, CLI_MODEL_HELP);
+    printf("data:\n"
+           "  --data FILE            token file (llm.c .bin: 256 x int32 header, uint16 tokens)\n"
+           "                         or plain text, read as bytes (vocabulary 256)\n"
+           "training:\n"
+           "  --steps N              optimizer steps (default 20)\n"
+           "  --batch B              sequences per micro-batch (default 4)\n"
+           "  --seq T                tokens per sequence (default 64)\n"
+           "  --grad-accum K         micro-batches per step (default 1)\n"
+           "  --optimizer adamw|sgd  (default adamw)\n"
+           "  --lr X                 learning rate (default 3e-4)\n"
+           "  --weight-decay X       (default 0)\n"
+           "  --beta1 X --beta2 X    AdamW betas (default 0.9, 0.95)\n"
+           "  --eps X                AdamW epsilon (default 1e-8)\n"
+           "  --momentum X           SGD momentum (default 0)\n"
+           "  --grad-clip X          max global gradient norm, 0 = off (default 1.0)\n"
+           "  --threads N            CPU threads (default: all cores)\n"
+           "output:\n"
+           "  --save DIR             write a Hugging Face directory (config.json +\n"
+           "                         model.safetensors) after training\n"
+           "  --log-json             one JSON object per step on stdout (step, loss,\n"
+           "                         grad_norm, tokens_per_s, ms)\n"
+           "  --sample N             generate N tokens at the end (default 0)\n"
+           "  --prompt TEXT          prompt for --sample (default: the data's first bytes)\n"
+           "  --profile              print time per op at the end\n");
+}
+
+int cmd_train(int argc, char **argv) {
+    cli_ctx c = {"train", train_usage};
+    cli_model_opts mo = {0};
+    loom_train_config tc = loom_train_config_default();
+    const char *data = NULL, *save = NULL, *prompt = NULL, *optimizer = "adamw";
+    int steps = 20, log_json = 0, sample = 0, profile = 0;
+    static const struct option opts[] = {
+        CLI_MODEL_OPTIONS,
+        {"data", required_argument, 0, 0}, {"steps", required_argument, 0, 0},
+        {"batch", required_argument, 0, 0}, {"seq", required_argument, 0, 0},
+        {"grad-accum", required_argument, 0, 0}, {"optimizer", required_argument, 0, 0},
+        {"lr", required_argument, 0, 0}, {"weight-decay", required_argument, 0, 0},
+        {"beta1", required_argument, 0, 0}, {"beta2", required_argument, 0, 0},
+        {"eps", required_argument, 0, 0}, {"momentum", required_argument, 0, 0},
+        {"grad-clip", required_argument, 0, 0}, {"threads", required_argument, 0, 0},
+        {"save", required_argument, 0, 0}, {"log-json", no_argument, 0, 0},
+        {"sample", required_argument, 0, 0}, {"prompt", required_argument, 0, 0},
+        {"profile", no_argument, 0, 0}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    opterr = 0;
+    optind = 1;
+    for (;;) {
+        int idx = -1;
+        int ch = getopt_long(argc, argv, "h", opts, &idx);
+        if (ch == -1) break;
+        if (ch == 'h') {
+            print_help();
+            return 0;
+        }
+        if (ch == '?') cli_usage_error(&c, "unknown or incomplete option '%s'", argv[optind - 1]);
+        const char *name = opts[idx].name, *arg = optarg;
+        if (cli_model_option(&c, &mo, name, arg)) continue;
+        if (!strcmp(name, "data")) data = arg;
+        else if (!strcmp(name, "steps")) steps = cli_int(&c, name, arg, 0, 1 << 30);
+        else if (!strcmp(name, "batch")) tc.batch = cli_int(&c, name, arg, 1, 1 << 16);
+        else if (!strcmp(name, "seq")) tc.seq = cli_int(&c, name, arg, 1, 1 << 20);
+        else if (!strcmp(name, "grad-accum")) tc.grad_accum = cli_int(&c, name, arg, 1, 1 << 16);
+        else if (!strcmp(name, "optimizer")) optimizer = arg;
+        else if (!strcmp(name, "lr")) tc.lr = cli_float(&c, name, arg, 0, 1e3);
+        else if (!strcmp(name, "weight-decay")) tc.weight_decay = cli_float(&c, name, arg, 0, 1e3);
+        else if (!strcmp(name, "beta1")) tc.beta1 = cli_float(&c, name, arg, 0, 0.999999);
+        else if (!strcmp(name, "beta2")) tc.beta2 = cli_float(&c, name, arg, 0, 0.999999);
+        else if (!strcmp(name, "eps")) tc.eps = cli_float(&c, name, arg, 1e-30, 1);
+        else if (!strcmp(name, "momentum")) tc.momentum = cli_float(&c, name, arg, 0, 0.999999);
+        else if (!strcmp(name, "grad-clip")) tc.grad_clip = cli_float(&c, name, arg, 0, 1e9);
+        else if (!strcmp(name, "threads")) tc.threads = cli_int(&c, name, arg, 1, 4096);
+        else if (!strcmp(name, "save")) save = arg;
+        else if (!strcmp(name, "log-json")) log_json = 1;
+        else if (!strcmp(name, "sample")) sample = cli_int(&c, name, arg, 0, 1 << 20);
+        else if (!strcmp(name, "prompt")) prompt = arg;
+        else if (!strcmp(name, "profile")) profile = 1;
+    }
+    if (optind < argc) cli_usage_error(&c, "unexpected argument '%s'", argv[optind]);
+    if (!data) cli_usage_error(&c, "--data FILE is required");
+    if (!strcmp(optimizer, "adamw")) tc.optimizer = LOOM_OPTIM_ADAMW;
+    else if (!strcmp(optimizer, "sgd")) tc.optimizer = LOOM_OPTIM_SGD;
+    else cli_usage_error(&c, "--optimizer: '%s' is not adamw or sgd", optimizer);
+    tc.profile = profile;
+
+    loom_tokens_t tokens = NULL;
+    if (loom_tokens_open(data, &tokens) < 0) return cli_fail("train", "reading the data");
+    loom_model_t model = NULL;
+    if (cli_model_load(&c, &mo, &model) != 0) return loom_tokens_close(tokens), 1;
+    const loom_model_config *mc = loom_model_get_config(model);
+    int rc = 1;
+    loom_trainer_t trainer = NULL;
+    int32_t *inputs = NULL, *targets = NULL;
+    if (loom_tokens_max_token(tokens) >= mc->vocab_size) {
+        fprintf(stderr, "loom train: %s holds token id %d but the model's vocabulary has %d "
+                "entries; use a model with a larger vocabulary (--vocab)\n", data,
+                loom_tokens_max_token(tokens), mc->vocab_size);
+        goto done;
+    }
+    if (tc.seq > mc->max_seq) {
+        fprintf(stderr, "loom train: --seq %d exceeds the model's context (%d positions)\n",
+                tc.seq, mc->max_seq);
+        goto done;
+    }
+    if (loom_trainer_create(model, &tc, &trainer) < 0) {
+        rc = cli_fail("train", "preparing the training program");
+        goto done;
+    }
+    loom_memory_stats mem = loom_trainer_memory(trainer);
+    fprintf(stderr, "model: %s, %d layers, %d wide, %d heads (%d kv), vocab %d, %.2fM parameters\n",
+            mc->model_type, mc->n_layer, mc->n_embd, mc->n_head, mc->n_kv_head, mc->vocab_size,
+            (double)loom_model_n_params(model) / 1e6);
+    fprintf(stderr, "data: %s, %lld tokens%s\n", data, (long long)loom_tokens_count(tokens),
+            loom_tokens_is_text(tokens) ? " (bytes of text)" : "");
+    fprintf(stderr, "memory: parameters %.1f MB, gradients %.1f MB, optimizer %.1f MB, "
+            "activations %.1f MB (planned)\n", mem.parameters / 1e6, mem.gradients / 1e6,
+            mem.optimizer / 1e6, mem.activations / 1e6);
+    size_t per_step = (size_t)tc.grad_accum * tc.batch * tc.seq;
+    inputs = malloc(per_step * sizeof(int32_t));
+    targets = malloc(per_step * sizeof(int32_t));
+    if (!inputs || !targets) {
+        fprintf(stderr, "loom train: out of memory\n");
+        goto done;
+    }
+    cli_progress progress;
+    cli_progress_init(&progress, steps);
+    double started = cli_now();
+    for (int step = 0; step < steps; step++) {
+        for (int k = 0; k < tc.grad_accum; k++) {
+            size_t off = (size_t)k * tc.batch * tc.seq;
+            if (loom_tokens_batch(tokens, (int64_t)step * tc.grad_accum + k, tc.batch, tc.seq,
+                                  inputs + off, targets + off) < 0) {
+                rc = cli_fail("train", "reading a batch");
+                goto done;
+            }
+        }
+        loom_step_stats s;
+        if (loom_trainer_step(trainer, inputs, targets, &s) < 0) {
+            if (!log_json) cli_progress_done(&progress);
+            rc = cli_fail("train", "training step");
+            goto done;
+        }
+        if (log_json) {
+            printf("{\"step\": %d, \"loss\": %.6f, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
+                   "\"ms\": %.2f}\n", step + 1, (double)s.loss, (double)s.grad_norm,
+                   s.tokens_per_s, s.seconds * 1e3);
+            fflush(stdout);
+        } else {
+            cli_progress_step(&progress, step + 1, s.loss, s.tokens_per_s);
+        }
+    }
+    if (!log_json) cli_progress_done(&progress);
+    double elapsed = cli_now() - started;
+    if (steps > 0)
+        fprintf(stderr, "trained %d steps in %.1f s (%.0f tokens/s)\n", steps, elapsed,
+                (double)steps * (double)per_step / elapsed);
+    if (profile) loom_trainer_profile(trainer, stderr);
+    if (save) {
+        if (loom_model_save(model, save) < 0) {
+            rc = cli_fail("train", "saving the model");
+            goto done;
+        }
+        fprintf(stderr, "saved %s/config.json and %s/model.safetensors\n", save, save);
+    }
+    if (sample > 0) {
+        int32_t prompt_tokens[256];
+        int n_prompt;
+        if (prompt) {
+            n_prompt = loom_bytes_encode(prompt, strlen(prompt), prompt_tokens, 256);
+            if (n_prompt > 256) n_prompt = 256;
+        } else {
+            int32_t first[16], unused[16];
+            loom_tokens_batch(tokens, 0, 1, 16, first, unused);
+            memcpy(prompt_tokens, first, sizeof first);
+            n_prompt = 16;
+        }
+        if (n_prompt < 1) cli_usage_error(&c, "--prompt must not be empty");
+        int32_t *out = malloc((size_t)sample * sizeof(int32_t));
+        int n_out = 0;
+        loom_sample_config sc = loom_sample_config_default();
+        sc.threads = tc.threads;
+        fprintf(stderr, "sample:\n");
+        for (int i = 0; i < n_prompt; i++) cli_print_token(prompt_tokens[i], NULL);
+        loom_status st = loom_generate(model, prompt_tokens, n_prompt, sample, &sc, cli_print_token,
+                                       NULL, out, &n_out);
+        printf("\n");
+        free(out);
+        if (st < 0) {
+            rc = cli_fail("train", "sampling");
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    free(inputs);
+    free(targets);
+    loom_trainer_free(trainer);
+    loom_model_free(model);
+    loom_tokens_close(tokens);
+    return rc;
+}
