@@ -108,6 +108,8 @@ loom_value loom_attention_cached(loom_graph_t g, loom_value q, loom_value k, loo
 // int32. Returns the scalar loss (shape (1)).
 loom_value loom_cross_entropy(loom_graph_t g, loom_value logits, loom_value targets,
                               int ignore_index);
+// Sum of all elements, shape (1).
+loom_value loom_sum(loom_graph_t g, loom_value x);
 // out (*, len) = x (*, start : start + len) on the last dim.
 loom_value loom_slice(loom_graph_t g, loom_value x, int64_t start, int64_t len);
 

@@ -5,6 +5,7 @@
 
 #include "loom/data.h"
 #include "loom/dtype.h"
+#include "loom/exec.h"
 #include "loom/graph.h"
 #include "loom/model.h"
 #include "loom/safetensors.h"

@@ -27,6 +27,7 @@ typedef enum loom_op {
     LOOM_OP_ATTENTION_CACHED,
     LOOM_OP_CROSS_ENTROPY,
     LOOM_OP_SLICE,
+    LOOM_OP_SUM,
     LOOM_OP_COUNT
 } loom_op;
 

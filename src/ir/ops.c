@@ -107,6 +107,7 @@ static const loom_op_def op_table[LOOM_OP_COUNT] = {
                                NULL, cross_entropy_flops},
     [LOOM_OP_SLICE] = {"loom.slice", "* c^ -> * s^", "f", 0, 0, 0, B(0), NULL, slice_sizes,
                        NULL},
+    [LOOM_OP_SUM] = {"loom.sum", "* -> 1", "f", 0, 0, 0, B(0), NULL, NULL, NULL},
 };
 
 #undef B
@@ -229,6 +230,10 @@ loom_value loom_cross_entropy(loom_graph_t g, loom_value logits, loom_value targ
                               int ignore_index) {
     return add1(g, LOOM_OP_CROSS_ENTROPY, 2, (loom_value[]){logits, targets},
                 (int64_t[4]){ignore_index, 0, 0, 0}, NULL);
+}
+
+loom_value loom_sum(loom_graph_t g, loom_value x) {
+    return add1(g, LOOM_OP_SUM, 1, &x, NULL, NULL);
 }
 
 loom_value loom_slice(loom_graph_t g, loom_value x, int64_t start, int64_t len) {

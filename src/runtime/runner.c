@@ -63,9 +63,7 @@ static loom_status load_batch(loom_runner *r, int micro) {
     const loom_graph *g = r->prog->graph;
     for (int v = 0; v < g->n_values; v++) {
         if (r->prog->region[v] != LOOM_REGION_INPUT) continue;
-        if (!r->batch_src[v])
-            return loom__error(LOOM_ERR_INVALID, "input '%s' was not provided",
-                               g->values[v].name);
+        if (!r->batch_src[v]) continue;  // written in place by the caller (loom_exec_buffer)
         size_t bytes = loom__value_bytes(g, v);
         memcpy(r->ptr[v], (const char *)r->batch_src[v] + (size_t)micro * bytes, bytes);
     }

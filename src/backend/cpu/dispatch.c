@@ -44,6 +44,13 @@ static int64_t count_kept(const int32_t *targets, int64_t n, int32_t ignore) {
     return c;
 }
 
+// Sum in fp64, in index order (deterministic; used for scalar reductions only).
+static double sum_f64(const float *x, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += x[i];
+    return s;
+}
+
 // ---- slice (a copy along the last dim) ----------------------------------------------------------
 
 static void slice_forward(float *out, const float *inp, int64_t N, int64_t C, int64_t start,
@@ -160,9 +167,11 @@ static loom_status cpu_forward(const loom_graph *g, const loom_node *n, void *co
         float *losses = F(out[2]);
         loom_cpu_cross_entropy_forward(losses, F(out[1]), CF(in[0]), IDS(in[1]), N, V, ignore);
         int64_t kept = count_kept(IDS(in[1]), N, ignore);
-        double sum = 0;
-        for (int64_t i = 0; i < N; i++) sum += losses[i];
-        F(out[0])[0] = kept ? (float)(sum / (double)kept) : 0.0f;
+        F(out[0])[0] = kept ? (float)(sum_f64(losses, N) / (double)kept) : 0.0f;
+        return LOOM_OK;
+    }
+    case LOOM_OP_SUM: {
+        F(out[0])[0] = (float)sum_f64(CF(in[0]), loom__value_numel(g, in[0]));
         return LOOM_OK;
     }
     case LOOM_OP_SLICE:
@@ -263,6 +272,13 @@ static loom_status cpu_backward(const loom_graph *g, const loom_node *n, uint32_
         if (din[0] >= 0)
             slice_backward(F(din[0]), CF(dout[0]), rows(g, in[0]), dim(g, in[0], -1), f->ai[0],
                            f->ai[1], ACC(0));
+        return LOOM_OK;
+    case LOOM_OP_SUM:
+        if (din[0] >= 0) {
+            int64_t count = loom__value_numel(g, in[0]);
+            float d = CF(dout[0])[0], *dx = F(din[0]);
+            for (int64_t i = 0; i < count; i++) dx[i] = (ACC(0) ? dx[i] : 0.0f) + d;
+        }
         return LOOM_OK;
     case LOOM_OP_ATTENTION_CACHED:
     case LOOM_OP_COUNT: break;
