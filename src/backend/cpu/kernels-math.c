@@ -40,22 +40,30 @@ static inline float exp_scalar(float z) {
     return z > z_max ? __builtin_inff() : e;
 }
 
+// Elements per partial sum of loom_cpu__exp_affine: summed in fp32 simd lanes, then in double.
+enum { SUM_BLOCK = 256 };
+
 // out[i] = exp(x[i] * scale + shift) (one rounding for the affine part); returns the sum of the
-// results, accumulated in double in a fixed order. out may alias x; out may be NULL when only
-// the sum is wanted.
+// results in a fixed order (fp32 lanes within blocks of SUM_BLOCK, blocks in double). out may
+// alias x; out may be NULL when only the sum is wanted.
 double loom_cpu__exp_affine(float *out, const float *x, float scale, float shift, int64_t n) {
     double sum = 0.0;
-    if (out) {
-        #pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < n; i++) {
-            float e = exp_scalar(__builtin_fmaf(x[i], scale, shift));
-            out[i] = e;
-            sum += (double)e;
+    for (int64_t i0 = 0; i0 < n; i0 += SUM_BLOCK) {
+        const int64_t len = n - i0 < SUM_BLOCK ? n - i0 : SUM_BLOCK;
+        float block_sum = 0.0f;
+        if (out) {
+            #pragma omp simd reduction(+ : block_sum)
+            for (int64_t i = i0; i < i0 + len; i++) {
+                const float e = exp_scalar(__builtin_fmaf(x[i], scale, shift));
+                out[i] = e;
+                block_sum += e;
+            }
+        } else {
+            #pragma omp simd reduction(+ : block_sum)
+            for (int64_t i = i0; i < i0 + len; i++)
+                block_sum += exp_scalar(__builtin_fmaf(x[i], scale, shift));
         }
-    } else {
-        #pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < n; i++)
-            sum += (double)exp_scalar(__builtin_fmaf(x[i], scale, shift));
+        sum += (double)block_sum;
     }
     return sum;
 }
