@@ -16,8 +16,10 @@ static loom_value make_grad(loom_graph *g, loom_value v) {
     if (g->values[v].grad >= 0) return g->values[v].grad;
     char name[512];
     snprintf(name, sizeof name, "grad.%s", g->values[v].name);
-    loom_value gv = loom__graph_add_value(g, name, LOOM_DTYPE_F32, g->values[v].ndim,
-                                          g->values[v].shape, LOOM_ROLE_GRADIENT);
+    int64_t shape[LOOM_MAX_DIMS];  // copied: adding a value may move the value array
+    memcpy(shape, g->values[v].shape, sizeof shape);
+    loom_value gv = loom__graph_add_value(g, name, LOOM_DTYPE_F32, g->values[v].ndim, shape,
+                                          LOOM_ROLE_GRADIENT);
     if (gv == LOOM_NONE) return LOOM_NONE;
     g->values[gv].grad_of = v;
     g->values[v].grad = gv;

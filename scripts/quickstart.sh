@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian 12 machine to a trained model: installs the dependencies,
+# builds loom, trains a small GPT on the example dataset that ships with the repo, and samples.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
+cmake --build build
+./build/loom train --model gpt2 --layers 4 --embd 128 --heads 4 --ctx 128 \
+    --data examples/data/licenses.txt --steps 300 --batch 8 --seq 128 --lr 2e-3 \
+    --save out/gpt2-licenses --sample 300 --prompt "This License"
