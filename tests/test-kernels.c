@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+// The kernels' shared vectorized exp (kernels-math.c, internal: not in kernels.h).
+double loom_cpu__exp_affine(float *out, const float *x, float scale, float shift, int64_t n);
+
 enum { FD_SPOTS = 6 };
 static const double RTOL_FWD = 1e-5, RTOL_BWD = 1e-4, RTOL_FD = 1e-4;
 
@@ -129,7 +132,37 @@ static void expect_fd(const char *name, ref_forward_fn forward, const void *op, 
     report(worst <= RTOL_FD, name, "fd err ", worst, RTOL_FD);
 }
 
-// ---- linear --------------------------------------------------------------------------------------
+// ---- shared exp ---------------------------------------------------------------------------------
+
+static void test_exp(void) {
+    const int64_t n = 1 << 20;
+    float *x = malloc((size_t)n * sizeof(float)), *y = filled(n, NAN);
+    for (int64_t i = 0; i < n; i++) x[i] = -87.3f + 176.0f * (float)i / (float)n;
+    loom_cpu__exp_affine(y, x, 1.0f, 0.0f, n);
+    double worst = 0, sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double e = exp((double)x[i]);
+        sum += e;
+        const double err = fabs((double)y[i] - e) / e;
+        if (!(err <= worst)) worst = err;
+    }
+    report(worst <= 1.2e-7, "exp helper over [-87.3, 88.7], ~1 ulp", "rel err", worst, 1.2e-7);
+    // Affine argument and the returned sum.
+    const double got_sum = loom_cpu__exp_affine(NULL, x, 0.5f, -1.0f, n);
+    double want_sum = 0;
+    for (int64_t i = 0; i < n; i++) want_sum += exp(fma(0.5, (double)x[i], -1.0));
+    report(fabs(got_sum - want_sum) <= 1e-6 * want_sum, "exp helper affine sum", "rel err",
+           fabs(got_sum - want_sum) / want_sum, 1e-6);
+    const float special[] = { -INFINITY, INFINITY, NAN, -100.0f, 89.0f, 88.72f, 0.0f };
+    float e[7];
+    loom_cpu__exp_affine(e, special, 1.0f, 0.0f, 7);
+    const int ok = e[0] == 0.0f && e[1] == INFINITY && isnan(e[2]) && e[3] == 0.0f &&
+                   e[4] == INFINITY && fabs(e[5] / exp(88.72f) - 1.0) < 2e-7 && e[6] == 1.0f;
+    report(ok, "exp helper -inf, inf, nan, underflow, overflow, top", "mismatch", !ok, 0.0);
+    free(x); free(y);
+}
+
+// ---- linear -------------------------------------------------------------------------------------
 
 typedef struct {
     const double *inp, *weight, *bias; // (M, K), (N, K) or (K, N), (N) or NULL
@@ -176,7 +209,7 @@ static void test_linear_case(int64_t M, int64_t K, int64_t N, int weight_kn, int
     linear_op op = { inp_d, weight_d, bias_d, M, K, N, weight_kn };
 
     float *out = filled(M * N, NAN);
-    double *out_ref = malloc((size_t)(M * N) * sizeof(double));
+    double *out_ref = zeros(M * N);
     loom_cpu_linear_forward(out, inp, weight, bias, M, K, N, weight_kn);
     ref_linear_forward(&op, out_ref);
     snprintf(name, sizeof name, "%s fwd", prefix);
@@ -233,7 +266,7 @@ static void test_linear(void) {
     test_linear_case(67, 33, 520, 1, 1); // large enough for the threaded bias paths
 }
 
-// ---- batched matmul ------------------------------------------------------------------------------
+// ---- batched matmul -----------------------------------------------------------------------------
 
 typedef struct {
     const double *a, *bm; // (Bt, M, K), (Bt, K, N)
@@ -261,7 +294,7 @@ static void test_matmul_case(int64_t Bt, int64_t M, int64_t K, int64_t N) {
     double *dout_d = to_double(dout, Bt * M * N);
     matmul_op op = { a_d, bm_d, Bt, M, K, N };
     float *out = filled(Bt * M * N, NAN);
-    double *out_ref = malloc((size_t)(Bt * M * N) * sizeof(double));
+    double *out_ref = zeros(Bt * M * N);
     loom_cpu_matmul_forward(out, a, bm, Bt, M, K, N);
     ref_matmul_forward(&op, out_ref);
     snprintf(name, sizeof name, "matmul fwd Bt=%lld M=%lld K=%lld N=%lld", (long long)Bt,
@@ -301,7 +334,7 @@ static void test_matmul(void) {
     test_matmul_case(3, 128, 128, 129); // large products: run one after another, all threads each
 }
 
-// ---- embedding -----------------------------------------------------------------------------------
+// ---- embedding ----------------------------------------------------------------------------------
 
 static void test_embedding(void) {
     const int64_t N = 37, V = 11, C = 70;
@@ -311,7 +344,7 @@ static void test_embedding(void) {
     float *weight = rand_floats(V * C, 1.0f), *dout = rand_floats(N * C, 1.0f);
     float *out = filled(N * C, NAN);
     loom_cpu_embedding_forward(out, idx, weight, N, V, C);
-    double *out_ref = malloc((size_t)(N * C) * sizeof(double));
+    double *out_ref = zeros(N * C);
     for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < C; c++) out_ref[n * C + c] = weight[idx[n] * C + c];
     expect_close("embedding fwd", out, out_ref, N * C, 0.0);
@@ -330,13 +363,13 @@ static void test_embedding(void) {
     free(base); free(acc); free(want);
 }
 
-// ---- elementwise ---------------------------------------------------------------------------------
+// ---- elementwise --------------------------------------------------------------------------------
 
 static void test_add_mul(int64_t n) {
     char name[96];
     float *a = rand_floats(n, 2.0f), *b = rand_floats(n, 2.0f), *dout = rand_floats(n, 1.0f);
     float *out = filled(n, NAN);
-    double *want = malloc((size_t)n * sizeof(double));
+    double *want = zeros(n);
 
     loom_cpu_add_forward(out, a, b, n);
     for (int64_t i = 0; i < n; i++) want[i] = (double)a[i] + b[i];
@@ -354,7 +387,7 @@ static void test_add_mul(int64_t n) {
     expect_close(name, da, dout_d, n, RTOL_BWD);
     expect_close(name, db, want_db, n, RTOL_BWD);
 
-    double *da_ref = malloc((size_t)n * sizeof(double)), *db_ref = malloc((size_t)n * sizeof(double));
+    double *da_ref = zeros(n), *db_ref = zeros(n);
     for (int64_t i = 0; i < n; i++) {
         da_ref[i] = (double)dout[i] * b[i];
         db_ref[i] = (double)dout[i] * a[i];
@@ -412,7 +445,7 @@ static void test_activation(int silu, int64_t n) {
     double *x_d = to_double(x, n), *dout_d = to_double(dout, n);
     activation_op op = { x_d, n, silu };
     float *out = filled(n, NAN);
-    double *out_ref = malloc((size_t)n * sizeof(double)), *grad_ref = malloc((size_t)n * sizeof(double));
+    double *out_ref = zeros(n), *grad_ref = zeros(n);
     ref_activation_forward(&op, out_ref);
     for (int64_t i = 0; i < n; i++)
         grad_ref[i] = dout_d[i] * (silu ? ref_silu_grad(x_d[i]) : ref_gelu_grad(x_d[i]));
@@ -437,7 +470,7 @@ static void test_activation(int silu, int64_t n) {
     free(dinp); free(base); free(acc); free(want);
 }
 
-// ---- normalization -------------------------------------------------------------------------------
+// ---- normalization ------------------------------------------------------------------------------
 
 typedef struct {
     const double *x, *weight, *bias; // bias NULL: RMSNorm
@@ -547,7 +580,7 @@ static void test_norm(int rms, int64_t N, int64_t C) {
     free(base_w); free(acc_x); free(acc_w); free(want_x); free(want_w);
 }
 
-// ---- rope ----------------------------------------------------------------------------------------
+// ---- rope ---------------------------------------------------------------------------------------
 
 typedef struct {
     const double *x;
@@ -614,7 +647,7 @@ static void test_rope(int64_t N, int64_t H, int64_t D) {
     free(out); free(inplace); free(dinp); free(base); free(acc); free(want);
 }
 
-// ---- attention -----------------------------------------------------------------------------------
+// ---- attention ----------------------------------------------------------------------------------
 
 typedef struct {
     const double *q, *k, *v; // (B, Tq, Hq*D), (B, Tkv, Hkv*D) x2
@@ -776,7 +809,7 @@ static void test_attention_cached(int64_t B, int64_t Tq, int64_t Tmax, int64_t p
     free(q); free(k); free(v); free(q_d); free(k_d); free(v_d); free(out_ref); free(out);
 }
 
-// ---- cross-entropy -------------------------------------------------------------------------------
+// ---- cross-entropy ------------------------------------------------------------------------------
 
 typedef struct {
     const double *logits;
@@ -816,18 +849,20 @@ static void test_cross_entropy(int64_t N, int64_t V) {
     ref_xent(&op, losses_ref, lse_ref);
     float *losses = filled(N, NAN), *lse = filled(N, NAN);
     loom_cpu_cross_entropy_forward(losses, lse, logits, targets, N, V, ignore);
-    snprintf(name, sizeof name, "cross-entropy fwd N=%lld V=%lld losses", (long long)N, (long long)V);
+    snprintf(name, sizeof name, "cross-entropy fwd N=%lld V=%lld losses", (long long)N,
+             (long long)V);
     expect_close(name, losses, losses_ref, N, RTOL_FWD);
     expect_close("cross-entropy fwd lse", lse, lse_ref, N, RTOL_FWD);
 
     // d/dlogits of scale * sum(losses): dout = scale for every row.
     const float scale = 1.0f / (float)(N - 1);
-    double *dout = malloc((size_t)N * sizeof(double)), *grad_ref = zeros(N * V);
+    double *dout = zeros(N), *grad_ref = zeros(N * V);
     for (int64_t n = 0; n < N; n++) {
         dout[n] = scale;
         if (targets[n] == ignore) continue;
         for (int64_t j = 0; j < V; j++)
-            grad_ref[n * V + j] = scale * (exp(logits_d[n * V + j] - lse_ref[n]) - (j == targets[n]));
+            grad_ref[n * V + j] =
+                scale * (exp(logits_d[n * V + j] - lse_ref[n]) - (j == targets[n]));
     }
     float *dlogits = filled(N * V, NAN);
     loom_cpu_cross_entropy_backward(dlogits, logits, lse, targets, N, V, ignore, scale, 0);
@@ -847,7 +882,7 @@ static void test_cross_entropy(int64_t N, int64_t V) {
     free(inplace);
 }
 
-// ---- optimizers and reductions -------------------------------------------------------------------
+// ---- optimizers and reductions ------------------------------------------------------------------
 
 static void test_reductions(void) {
     const int64_t n = 100003;
@@ -861,7 +896,7 @@ static void test_reductions(void) {
            "sum_squares n=0, n=1", "mismatch", 0.0, 0.0);
     float *y = copy_floats(x, n);
     loom_cpu_scale(y, 0.37f, n);
-    double *want_y = malloc((size_t)n * sizeof(double));
+    double *want_y = zeros(n);
     for (int64_t i = 0; i < n; i++) want_y[i] = (double)x[i] * 0.37f;
     expect_close("scale", y, want_y, n, RTOL_FWD);
     free(x); free(y); free(want_y);
@@ -916,7 +951,7 @@ static void test_sgd(void) {
     }
 }
 
-// ---- determinism: 1 thread vs 2 threads ----------------------------------------------------------
+// ---- determinism: 1 thread vs 2 threads ---------------------------------------------------------
 
 static void test_determinism(void) {
     const int max_threads = omp_get_max_threads();
@@ -937,8 +972,14 @@ static void test_determinism(void) {
     int32_t *idx = malloc((size_t)EN * sizeof(int32_t));
     for (int64_t n = 0; n < EN; n++) idx[n] = (int32_t)rng_int(EV);
     float *edout = rand_floats(EN * EC, 1.0f), *edw[2];
-    // linear bias gradient, cross-entropy, sum of squares
-    const int64_t LM = 70, LK = 64, LN = 600, XN = 16, XV = 3001;
+    // linear, batched matmul, cross-entropy, sum of squares. OpenBLAS itself blocks the inner
+    // dimension differently with 1 and 2 threads when it exceeds 384 and is not a multiple of it,
+    // so the single (threaded) sgemm of a linear is only thread-count independent for such K;
+    // the linear uses K = 64, 70 (dweight) and 768 (dinp) here.
+    const int64_t LM = 70, LK = 64, LN = 768, XN = 16, XV = 3001;
+    const int64_t MB = 3, MM = 40, MK = 600, MN = 50;
+    float *ma = rand_floats(MB * MM * MK, 1.0f), *mbm = rand_floats(MB * MK * MN, 1.0f);
+    float *mout[2];
     float *linp = rand_floats(LM * LK, 1.0f), *lw = rand_floats(LN * LK, 1.0f);
     float *ldout = rand_floats(LM * LN, 1.0f), *ldi[2], *ldw[2], *ldb[2];
     float *logits = rand_floats(XN * XV, 5.0f), *xloss = filled(XN, 0), *xlse[2], *dlogits[2];
@@ -966,6 +1007,8 @@ static void test_determinism(void) {
         loom_cpu_cross_entropy_backward(dlogits[run], logits, xlse[run], targets, XN, XV, -100,
                                         0.1f, 0);
         sumsq[run] = loom_cpu_sum_squares(ldout, LM * LN);
+        mout[run] = filled(MB * MM * MN, 0);
+        loom_cpu_matmul_forward(mout[run], ma, mbm, MB, MM, MK, MN);
     }
     omp_set_num_threads(max_threads);
     expect_identical("determinism 1 vs 2 threads: attention fwd out", out[0], out[1], nq);
@@ -983,19 +1026,23 @@ static void test_determinism(void) {
     expect_identical("determinism 1 vs 2 threads: cross-entropy lse", xlse[0], xlse[1], XN);
     expect_identical("determinism 1 vs 2 threads: cross-entropy bwd", dlogits[0], dlogits[1],
                      XN * XV);
+    expect_identical("determinism 1 vs 2 threads: matmul fwd K=600", mout[0], mout[1],
+                     MB * MM * MN);
     report(sumsq[0] == sumsq[1], "determinism 1 vs 2 threads: sum_squares", "diff",
            fabs(sumsq[0] - sumsq[1]), 0.0);
     for (int run = 0; run < 2; run++) {
         free(out[run]); free(lse[run]); free(dq[run]); free(dk[run]); free(dv[run]);
         free(dx[run]); free(dw[run]); free(db[run]); free(edw[run]); free(ldi[run]);
-        free(ldw[run]); free(ldb[run]); free(xlse[run]); free(dlogits[run]);
+        free(ldw[run]); free(ldb[run]); free(xlse[run]); free(dlogits[run]); free(mout[run]);
     }
     free(q); free(k); free(v); free(dout); free(x); free(w); free(bias); free(dy); free(mean);
-    free(rstd); free(ln_out); free(idx); free(edout); free(linp); free(lw); free(ldout); free(logits);
-    free(xloss);
+    free(rstd); free(ln_out); free(idx); free(edout); free(linp); free(lw); free(ldout);
+    free(logits);
+    free(xloss); free(ma); free(mbm);
 }
 
 int main(void) {
+    test_exp();
     test_linear();
     test_matmul();
     test_embedding();

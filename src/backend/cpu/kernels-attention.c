@@ -28,7 +28,7 @@ static float *scratch_alloc(int64_t floats_per_thread, int nthreads) {
 // Softmax of one block of score rows, in place: row r of s (rows, nkeys) holds q . k for the
 // query at position first_pos + r; keys after that position are masked (set to 0). Writes
 // inv_sum[r] = 1 / sum of the row's exponentials and, when lse is not NULL, lse[r] (for the
-// scaled scores). The rows are left unnormalized: exp(scale s - max).
+// scaled scores). The rows are left unnormalized: exp(scale (s - max)).
 static void softmax_block_rows(float *s, float *inv_sum, float *lse, int64_t rows, int64_t nkeys,
                                int64_t first_pos, float scale) {
     for (int64_t r = 0; r < rows; r++) {

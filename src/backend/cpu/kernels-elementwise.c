@@ -78,18 +78,17 @@ static const float GELU_C = 0.044715f;
 
 // s[i] = sigmoid(alpha * z(x[i])) and, if dz is not NULL, dz[i] = alpha * z'(x[i]).
 static void gate_sigmoid(float *s, float *dz, const float *x, int64_t n, enum gate_kind kind) {
-    float alpha_z[CHUNK];
     if (kind == GATE_GELU_TANH) {
         for (int64_t i = 0; i < n; i++)
-            alpha_z[i] = 2.0f * GELU_K * (x[i] + GELU_C * x[i] * x[i] * x[i]);
+            s[i] = 2.0f * GELU_K * (x[i] + GELU_C * x[i] * x[i] * x[i]);
         if (dz)
             for (int64_t i = 0; i < n; i++)
                 dz[i] = 2.0f * GELU_K * (1.0f + 3.0f * GELU_C * x[i] * x[i]);
     } else {
-        for (int64_t i = 0; i < n; i++) alpha_z[i] = x[i];
+        for (int64_t i = 0; i < n; i++) s[i] = x[i];
         if (dz) for (int64_t i = 0; i < n; i++) dz[i] = 1.0f;
     }
-    loom_cpu__exp_affine(s, alpha_z, -1.0f, 0.0f, n); // s = exp(-alpha z)
+    loom_cpu__exp_affine(s, s, -1.0f, 0.0f, n); // exp(-alpha z)
     for (int64_t i = 0; i < n; i++) s[i] = 1.0f / (1.0f + s[i]);
 }
 

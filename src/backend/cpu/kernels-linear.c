@@ -4,7 +4,6 @@
 #include "backend/cpu/kernels.h"
 
 #include <cblas.h>
-#include <omp.h>
 #include <string.h>
 
 // Below this many elements a pass runs on the calling thread (fork/join would cost more).
@@ -72,17 +71,14 @@ void loom_cpu_linear_backward(float *dinp, float *dweight, float *dbias,
     if (dbias) bias_grad(dbias, dout, M, N, acc_dbias);
 }
 
-// C[b] (M, N) = alpha op(A[b]) op(B[b]) + beta C[b] for b < Bt. Many small products run in
-// parallel over the batch, each sgemm single-threaded (OpenBLAS does so inside a parallel
-// region); otherwise they run in turn, each with all threads.
+// C[b] (M, N) = op(A[b]) op(B[b]) + beta C[b] for b < Bt. Several products run in parallel
+// over the batch, each sgemm single-threaded (OpenBLAS does so inside a parallel region), which
+// keeps the result independent of the thread count; a single product uses all threads.
 static void batched_sgemm(CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int64_t Bt,
                           int64_t M, int64_t N, int64_t K, const float *a, int64_t lda,
                           const float *bm, int64_t ldb, float beta, float *c, int64_t ldc) {
     const int64_t stride_a = M * K, stride_b = K * N, stride_c = M * N;
-    const int nthreads = omp_get_max_threads();
-    const int small = M * N * K < (int64_t)1 << 21;
-    const int over_batch = Bt > 1 && (small || Bt % nthreads == 0);
-    #pragma omp parallel for schedule(static) if (over_batch)
+    #pragma omp parallel for schedule(dynamic, 1) if (Bt > 1)
     for (int64_t b = 0; b < Bt; b++) {
         cblas_sgemm(CblasRowMajor, trans_a, trans_b, (int)M, (int)N, (int)K, 1.0f,
                     a + b * stride_a, (int)lda, bm + b * stride_b, (int)ldb, beta,

@@ -19,13 +19,12 @@ static inline float exp_scalar(float z) {
 
     float zc = z < z_min ? z_min : z;
     zc = zc > z_max ? z_max : zc;
-    float k_shifted = __builtin_fmaf(zc, log2e, round_shift);
-    float k = k_shifted - round_shift;
-    // k reaches 128 only at the very top of the range: use 2^127 and double the polynomial.
-    float top = k > 127.0f ? 2.0f : 1.0f;
-    k = k > 127.0f ? 127.0f : k;
+    const float k = __builtin_fmaf(zc, log2e, round_shift) - round_shift;
     float r = __builtin_fmaf(k, -ln2_hi, zc);
     r = __builtin_fmaf(k, -ln2_lo, r);
+    // k reaches 128 only at the very top of the range: 2^128 = 2 * 2^127.
+    const float top = k > 127.0f ? 2.0f : 1.0f;
+    const float k_exp = k > 127.0f ? 127.0f : k;
     float p = 1.0f / 5040.0f;
     p = __builtin_fmaf(p, r, 1.0f / 720.0f);
     p = __builtin_fmaf(p, r, 1.0f / 120.0f);
@@ -34,7 +33,7 @@ static inline float exp_scalar(float z) {
     p = __builtin_fmaf(p, r, 0.5f);
     p = __builtin_fmaf(p, r, 1.0f);
     p = __builtin_fmaf(p, r, 1.0f);
-    union { float f; int32_t i; } two_k = { .i = ((int32_t)k + 127) * (1 << 23) };
+    union { float f; int32_t i; } two_k = { .i = ((int32_t)k_exp + 127) * (1 << 23) };
     float e = p * top * two_k.f;
     e = z < z_min ? 0.0f : e;
     return z > z_max ? __builtin_inff() : e;
