@@ -30,7 +30,9 @@ static int shape_is(loom_graph_t g, loom_value v, int ndim, const int64_t *want)
     return 1;
 }
 
-#define SHAPE(...) (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__}
+// Expands to "ndim, shape" for the builder calls: SHAPE(2, 3) is 2, (int64_t[]){2, 3}.
+#define SHAPE(...) \
+    (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__}
 
 // ---- a hand-built MLP -------------------------------------------------------------------------
 
@@ -241,7 +243,7 @@ static loom_value bad_gqa(loom_graph_t g) {
 }
 static loom_value attention_kv_width(loom_graph_t g) {
     loom_value q = loom_graph_input(g, "q", LOOM_DTYPE_F32, SHAPE(1, 4, 48));
-    loom_value k = loom_graph_input(g, "k", LOOM_DTYPE_F32, SHAPE(1, 4, 24));  // 2 heads of 12?
+    loom_value k = loom_graph_input(g, "k", LOOM_DTYPE_F32, SHAPE(1, 4, 24));  // not 2 * 8
     return loom_attention(g, q, k, k, 6, 2);  // head dim 8 from q: k should be 16 wide
 }
 static loom_value odd_rope(loom_graph_t g) {
@@ -287,7 +289,9 @@ static loom_value cached_without_state(loom_graph_t g) {
     return loom_attention_cached(g, q, q, q, c, c, pos, 2, 2);
 }
 
-// Run `fn` in a child process (it may crash); returns its exit status, or 128 + signal.
+// Run `fn` in a child process (it may crash); returns its exit status, or 128 + signal. The
+// probes return 0 when the library behaves, 3 when it returns the wrong result; a sanitizer
+// abort shows up as 1.
 static int in_child(int (*fn)(void)) {
     fflush(stdout);
     fflush(stderr);
@@ -307,7 +311,7 @@ static int zero_rank_input(void) {
     int ok = v == LOOM_NONE && loom_graph_status(g) == LOOM_ERR_INVALID;
     if (!ok) fprintf(stderr, "0-dim input: value %d, status %d\n", v, loom_graph_status(g));
     loom_graph_destroy(g);
-    return ok ? 0 : 1;
+    return ok ? 0 : 3;
 }
 
 static int too_many_dims(void) {
@@ -317,7 +321,7 @@ static int too_many_dims(void) {
     loom_value v = loom_graph_param(g, "w", LOOM_MAX_DIMS + 1, shape);
     int ok = v == LOOM_NONE && loom_graph_status(g) == LOOM_ERR_INVALID;
     loom_graph_destroy(g);
-    return ok ? 0 : 1;
+    return ok ? 0 : 3;
 }
 
 static void test_builder_errors(void) {
@@ -818,7 +822,7 @@ static void check_memory_plan(const char *what, loom_graph_t g, const loom_progr
     const int nv = g->n_values;
     live l;
     compute_liveness(p, &l);
-    int bad_region = 0, unplaced = 0, unused_arena = 0, out_of_region = 0;
+    int bad_region = 0, unplaced = 0, unused_arena = 0, out_of_region = 0, misaligned = 0;
     size_t arena_sum = 0, arena_max = 0;
     for (int v = 0; v < nv; v++) {
         int used = 0;
@@ -837,7 +841,8 @@ static void check_memory_plan(const char *what, loom_graph_t g, const loom_progr
                    : vi->grad_of == p->loss                     ? LOOM_REGION_PERSIST
                                                                 : LOOM_REGION_ARENA;
             break;
-        default: want = vi->is_output ? LOOM_REGION_PERSIST : LOOM_REGION_ARENA; break;
+        // The loss is read after the forward pass (record_loss): persistent like an output.
+        default: want = vi->is_output || v == p->loss ? LOOM_REGION_PERSIST : LOOM_REGION_ARENA; break;
         }
         if (r != want) {
             if (bad_region++ < 5)
@@ -845,6 +850,7 @@ static void check_memory_plan(const char *what, loom_graph_t g, const loom_progr
                         vi->name, loom_role_name(vi->role), r, want);
         }
         if (p->offset[v] + value_bytes(g, v) > p->region_bytes[r]) out_of_region++;
+        if (p->offset[v] % 64 != 0) misaligned++;  // docs/programs.md: 64-byte aligned
         if (r == LOOM_REGION_ARENA) {
             if (!used) unused_arena++;
             arena_sum += value_bytes(g, v);
@@ -855,6 +861,8 @@ static void check_memory_plan(const char *what, loom_graph_t g, const loom_progr
     CHECK_MSG(unplaced == 0, "%s: %d values used by instructions have no region", what, unplaced);
     CHECK_MSG(unused_arena == 0, "%s: %d arena values no instruction uses", what, unused_arena);
     CHECK_MSG(out_of_region == 0, "%s: %d values extend past their region", what, out_of_region);
+    CHECK_MSG(misaligned == 0, "%s: %d values at offsets that are not 64-byte aligned", what,
+              misaligned);
 
     // Arena: values live at the same time in a micro-step must not share bytes.
     int conflicts = 0;

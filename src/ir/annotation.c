@@ -96,6 +96,7 @@ static loom_status parse_tensor(parser *ps, loom_ann_tensor *t) {
         if (c == '*') {
             if (t->star >= 0) return parse_error(ps, "'*' may appear once per tensor");
             t->star = t->n_dims;
+            t->star_col = (int)(ps->p - ps->text) + 1;
             ps->p++;
         } else if (c == '(') {
             ps->p++;
@@ -174,7 +175,8 @@ loom_status loom__ann_parse(const char *text, loom_annotation *ann) {
         for (int s = 0; s < ann->n_in; s++) found |= ann->tensors[s].star >= 0;
         if (!found)
             return loom__error(LOOM_ERR_FORMAT,
-                               "annotation '%s': an output has '*' but no input does", text);
+                               "annotation '%s', column %d: an output has '*' but no input does",
+                               text, ann->tensors[t].star_col);
     }
     return LOOM_OK;
 }
@@ -304,6 +306,10 @@ loom_status loom_annotation_infer(const char *annotation, const char *sizes, int
                                   int64_t (*out_shapes)[LOOM_MAX_DIMS]) {
     loom_annotation ann;
     LOOM_CHECK(loom__ann_parse(annotation, &ann));
+    for (int t = 0; t < n_in; t++)
+        if (in_ndim[t] < 0 || in_ndim[t] > LOOM_MAX_DIMS)
+            return loom__error(LOOM_ERR_SHAPE, "annotation '%s': input %d has %d dims (at most "
+                               "%d)", annotation, t, in_ndim[t], LOOM_MAX_DIMS);
     if (n_in != ann.n_in)
         return loom__error(LOOM_ERR_SHAPE, "annotation '%s' has %d inputs, got %d", annotation,
                            ann.n_in, n_in);

@@ -34,6 +34,7 @@ typedef struct loom_ann_dim {
 typedef struct loom_ann_tensor {
     int n_dims;
     int star;  // index of the '*' dim, -1 when none
+    int star_col;  // 1-based column of the '*' in the text
     loom_ann_dim dims[LOOM_MAX_DIMS + 1];
 } loom_ann_tensor;
 

@@ -119,7 +119,7 @@ size_t loom__value_bytes(const loom_graph *g, loom_value v) {
 loom_value loom__graph_add_value(loom_graph *g, const char *name, loom_dtype dtype, int ndim,
                                  const int64_t *shape, loom_role role) {
     if (g->status) return LOOM_NONE;
-    if (ndim < 0 || ndim > LOOM_MAX_DIMS) {
+    if (ndim < 1 || ndim > LOOM_MAX_DIMS || (ndim > 0 && !shape)) {
         loom__error(LOOM_ERR_INVALID, "value '%s': %d dims (1..%d allowed)", name ? name : "",
                     ndim, LOOM_MAX_DIMS);
         return loom__graph_fail(g, LOOM_ERR_INVALID);
@@ -282,15 +282,25 @@ int loom_graph_n_values(loom_graph_t g) { return g->n_values; }
 int loom_graph_n_nodes(loom_graph_t g) { return g->n_nodes; }
 
 int loom_value_shape(loom_graph_t g, loom_value v, int64_t shape[LOOM_MAX_DIMS]) {
-    LOOM_ASSERT(v >= 0 && v < g->n_values);
+    if (v < 0 || v >= g->n_values) return 0;
     memcpy(shape, g->values[v].shape, sizeof g->values[v].shape);
     return g->values[v].ndim;
 }
 
-int64_t loom_value_numel(loom_graph_t g, loom_value v) { return loom__value_numel(g, v); }
-loom_dtype loom_value_dtype(loom_graph_t g, loom_value v) { return g->values[v].dtype; }
-loom_role loom_value_role(loom_graph_t g, loom_value v) { return g->values[v].role; }
-const char *loom_value_name(loom_graph_t g, loom_value v) { return g->values[v].name; }
+static int valid(loom_graph_t g, loom_value v) { return v >= 0 && v < g->n_values; }
+
+int64_t loom_value_numel(loom_graph_t g, loom_value v) {
+    return valid(g, v) ? loom__value_numel(g, v) : 0;
+}
+loom_dtype loom_value_dtype(loom_graph_t g, loom_value v) {
+    return valid(g, v) ? g->values[v].dtype : LOOM_DTYPE_COUNT;
+}
+loom_role loom_value_role(loom_graph_t g, loom_value v) {
+    return valid(g, v) ? g->values[v].role : LOOM_ROLE_COUNT;
+}
+const char *loom_value_name(loom_graph_t g, loom_value v) {
+    return valid(g, v) ? g->values[v].name : "";
+}
 
 loom_value loom_graph_grad(loom_graph_t g, loom_value v) {
     if (v < 0 || v >= g->n_values) return LOOM_NONE;

@@ -49,7 +49,9 @@ static loom_region region_of(const loom_graph *g, loom_value v) {
         if (g->values[vi->grad_of].role == LOOM_ROLE_PARAM) return LOOM_REGION_PARAM_GRAD;
         if (vi->grad_of == g->loss) return LOOM_REGION_PERSIST;
         return LOOM_REGION_ARENA;
-    case LOOM_ROLE_ACTIVATION: return vi->is_output ? LOOM_REGION_PERSIST : LOOM_REGION_ARENA;
+    case LOOM_ROLE_ACTIVATION:
+        // The loss is read after the forward pass (record_loss): it must outlive the arena.
+        return vi->is_output || v == g->loss ? LOOM_REGION_PERSIST : LOOM_REGION_ARENA;
     case LOOM_ROLE_COUNT: break;
     }
     return LOOM_REGION_NONE;

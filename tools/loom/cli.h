@@ -51,6 +51,8 @@ typedef struct cli_model_opts {
 } cli_model_opts;
 // Returns 1 if `opt` (a getopt_long index into cli_model_options) was consumed.
 int cli_model_option(const cli_ctx *c, cli_model_opts *m, const char *name, const char *arg);
+// Usage checks of the model flags (exits 2 on misuse); cli_model_load runs them too.
+void cli_model_check(const cli_ctx *c, const cli_model_opts *m);
 int cli_model_load(const cli_ctx *c, const cli_model_opts *m, loom_model_t *out);
 #define CLI_MODEL_OPTIONS                                                                  \
     {"model-dir", required_argument, 0, 0}, {"model", required_argument, 0, 0},            \

@@ -110,9 +110,12 @@ int cmd_graph(int argc, char **argv) {
     if (cli_model_load(&c, &mo, &model) != 0) return 1;
     loom_trainer_t t;
     int rc = 0;
-    if (loom_trainer_create(model, &tc, &t) < 0) rc = cli_fail("graph", "lowering");
-    else if (loom_trainer_dump(t, stdout) < 0) rc = cli_fail("graph", "printing");
-    if (rc == 0) loom_trainer_free(t);
+    if (loom_trainer_create(model, &tc, &t) < 0) {
+        rc = cli_fail("graph", "lowering");
+    } else {
+        if (loom_trainer_dump(t, stdout) < 0) rc = cli_fail("graph", "printing");
+        loom_trainer_free(t);
+    }
     loom_model_free(model);
     return rc;
 }

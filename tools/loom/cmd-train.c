@@ -91,6 +91,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "profile")) profile = 1;
     }
     if (optind < argc) cli_usage_error(&c, "unexpected argument '%s'", argv[optind]);
+    cli_model_check(&c, &mo);
     if (!data) cli_usage_error(&c, "--data FILE is required");
     if (!strcmp(optimizer, "adamw")) tc.optimizer = LOOM_OPTIM_ADAMW;
     else if (!strcmp(optimizer, "sgd")) tc.optimizer = LOOM_OPTIM_SGD;

@@ -70,18 +70,24 @@ int cli_model_option(const cli_ctx *c, cli_model_opts *m, const char *name, cons
     return 1;
 }
 
-int cli_model_load(const cli_ctx *c, const cli_model_opts *m, loom_model_t *out) {
+void cli_model_check(const cli_ctx *c, const cli_model_opts *m) {
     if (m->dir && m->family) cli_usage_error(c, "give --model-dir or --model, not both");
-    if (!m->dir && !m->family) cli_usage_error(c, "a model is required: --model-dir DIR or --model gpt2|llama");
+    if (!m->dir && !m->family)
+        cli_usage_error(c, "a model is required: --model-dir DIR or --model gpt2|llama");
+    if (m->dir && (m->layers || m->embd || m->heads || m->kv_heads || m->vocab || m->ctx ||
+                   m->inner))
+        cli_usage_error(c, "size flags apply to --model only; --model-dir reads config.json");
+    if (m->family && strcmp(m->family, "gpt2") && strcmp(m->family, "llama"))
+        cli_usage_error(c, "--model: '%s' is not gpt2 or llama", m->family);
+}
+
+int cli_model_load(const cli_ctx *c, const cli_model_opts *m, loom_model_t *out) {
+    cli_model_check(c, m);
     if (m->dir) {
-        if (m->layers || m->embd || m->heads || m->kv_heads || m->vocab || m->ctx || m->inner)
-            cli_usage_error(c, "size flags apply to --model only; --model-dir reads config.json");
         if (loom_model_load(m->dir, out) < 0) return cli_fail(c->cmd, "loading the model");
         return 0;
     }
-    int family = !strcmp(m->family, "gpt2") ? LOOM_FAMILY_GPT2
-                 : !strcmp(m->family, "llama") ? LOOM_FAMILY_LLAMA : -1;
-    if (family < 0) cli_usage_error(c, "--model: '%s' is not gpt2 or llama", m->family);
+    int family = !strcmp(m->family, "gpt2") ? LOOM_FAMILY_GPT2 : LOOM_FAMILY_LLAMA;
     loom_model_config cfg = loom_model_config_default((loom_family)family);
     if (m->layers) cfg.n_layer = m->layers;
     if (m->embd) {
