@@ -12,6 +12,15 @@
 #include <string.h>
 #include <time.h>
 
+// Attention scratch sized for the longest sequence used here (kernels never allocate).
+static loom_cpu_scratch g_scratch;
+
+static void scratch_init(int64_t max_t) {
+    g_scratch.threads = omp_get_max_threads();
+    g_scratch.per_thread = loom_cpu_attention_scratch_floats(max_t, max_t, 1);
+    g_scratch.data = malloc((size_t)(g_scratch.per_thread * g_scratch.threads) * sizeof(float));
+}
+
 static int reps = 10;
 
 static double now_s(void) {
@@ -132,9 +141,9 @@ static void bench_attention(int64_t B, int64_t T, int64_t H, int64_t D, double c
     const double flops = 2.0 * (double)B * (double)H * (double)T * (double)(T + 1) / 2 * (double)D;
     double fwd, bwd;
     char label[96];
-    TIME_MS(fwd, loom_cpu_attention_forward(out, lse, q, k, v, B, T, H, H, D));
+    TIME_MS(fwd, loom_cpu_attention_forward(out, lse, q, k, v, B, T, H, H, D, &g_scratch));
     TIME_MS(bwd, loom_cpu_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, H, D,
-                                             0, 0, 0));
+                                             0, 0, 0, &g_scratch));
     snprintf(label, sizeof label, "attention fwd B=%lld T=%lld H=%lld D=%lld", (long long)B,
              (long long)T, (long long)H, (long long)D);
     row(label, fwd, 2 * flops, count);
@@ -144,6 +153,7 @@ static void bench_attention(int64_t B, int64_t T, int64_t H, int64_t D, double c
 }
 
 int main(int argc, char **argv) {
+    scratch_init(1024);
     if (argc > 1) reps = atoi(argv[1]) > 0 ? atoi(argv[1]) : reps;
     const int64_t B = 4, T = 64, M = B * T, C = 768, V = 50257, H = 12, D = 64, L = 12;
     printf("threads: omp %d, openblas %d; %s\n", omp_get_max_threads(),
@@ -234,5 +244,6 @@ int main(int argc, char **argv) {
     bench_attention(1, 1024, H, D, 1);
     free(x); free(y); free(dy); free(dx); free(w); free(b); free(dw); free(db); free(mean);
     free(rstd); free(pos); free(losses); free(lse); free(targets);
+    free(g_scratch.data);
     return 0;
 }

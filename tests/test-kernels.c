@@ -12,8 +12,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+// Attention scratch sized for the longest sequence used here (kernels never allocate).
+static loom_cpu_scratch g_scratch;
+
+static void scratch_init(int64_t max_t) {
+    g_scratch.threads = omp_get_max_threads();
+    g_scratch.per_thread = loom_cpu_attention_scratch_floats(max_t, max_t, 1);
+    g_scratch.data = malloc((size_t)(g_scratch.per_thread * g_scratch.threads) * sizeof(float));
+}
+
 // The kernels' shared vectorized exp (kernels-math.c, internal: not in kernels.h).
-double loom_cpu__exp_affine(float *out, const float *x, float scale, float shift, int64_t n);
 
 enum { FD_SPOTS = 6 };
 static const double RTOL_FWD = 1e-5, RTOL_BWD = 1e-4, RTOL_FD = 1e-4;
@@ -734,7 +742,7 @@ static void test_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_
     double *out_ref = zeros(nq), *lse_ref = zeros(nlse);
     ref_attention(&op, out_ref, lse_ref);
     float *out = filled(nq, NAN), *lse = filled(nlse, NAN);
-    loom_cpu_attention_forward(out, lse, q, k, v, B, T, Hq, Hkv, D);
+    loom_cpu_attention_forward(out, lse, q, k, v, B, T, Hq, Hkv, D, &g_scratch);
     snprintf(name, sizeof name, "attention fwd %s out", shape);
     expect_close(name, out, out_ref, nq, RTOL_FWD);
     snprintf(name, sizeof name, "attention fwd %s lse", shape);
@@ -743,7 +751,7 @@ static void test_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_
     double *dq_ref = zeros(nq), *dk_ref = zeros(nkv), *dv_ref = zeros(nkv);
     ref_attention_backward(&op, dout_d, dq_ref, dk_ref, dv_ref);
     float *dq = filled(nq, NAN), *dk = filled(nkv, NAN), *dv = filled(nkv, NAN);
-    loom_cpu_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, 0, 0, 0);
+    loom_cpu_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, 0, 0, 0, &g_scratch);
     snprintf(name, sizeof name, "attention bwd %s dq/dk/dv", shape);
     expect_close(name, dq, dq_ref, nq, RTOL_BWD);
     expect_close(name, dk, dk_ref, nkv, RTOL_BWD);
@@ -758,7 +766,7 @@ static void test_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_
     float *acc_q = copy_floats(base_q, nq), *acc_k = copy_floats(base_k, nkv);
     float *acc_v = copy_floats(base_v, nkv);
     loom_cpu_attention_backward(acc_q, acc_k, acc_v, dout, q, k, v, out, lse, B, T, Hq, Hkv, D,
-                                1, 1, 1);
+                                1, 1, 1, &g_scratch);
     double *want_q = plus(base_q, dq_ref, nq), *want_k = plus(base_k, dk_ref, nkv);
     double *want_v = plus(base_v, dv_ref, nkv);
     snprintf(name, sizeof name, "attention bwd %s acc=1", shape);
@@ -767,16 +775,16 @@ static void test_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_
     expect_close(name, acc_v, want_v, nkv, RTOL_BWD);
     float *only_k = filled(nkv, NAN);
     loom_cpu_attention_backward(NULL, only_k, NULL, dout, q, k, v, out, lse, B, T, Hq, Hkv, D,
-                                0, 0, 0);
+                                0, 0, 0, &g_scratch);
     expect_close("attention bwd NULL dq, dv", only_k, dk_ref, nkv, RTOL_BWD);
     float *only_v = filled(nkv, NAN);
     loom_cpu_attention_backward(NULL, NULL, only_v, dout, q, k, v, out, lse, B, T, Hq, Hkv, D,
-                                0, 0, 0);
+                                0, 0, 0, &g_scratch);
     expect_close("attention bwd NULL dq, dk", only_v, dv_ref, nkv, RTOL_BWD);
 
     // The cache forward over the whole sequence is the same computation.
     float *cached = filled(nq, NAN);
-    loom_cpu_attention_cached_forward(cached, q, k, v, B, T, T, 0, Hq, Hkv, D);
+    loom_cpu_attention_cached_forward(cached, q, k, v, B, T, T, 0, Hq, Hkv, D, &g_scratch);
     expect_identical("attention cached fwd pos0=0 == fwd", cached, out, nq);
 
     free(q); free(k); free(v); free(dout); free(q_d); free(k_d); free(v_d); free(dout_d);
@@ -801,7 +809,7 @@ static void test_attention_cached(int64_t B, int64_t Tq, int64_t Tmax, int64_t p
     double *out_ref = zeros(nq);
     ref_attention(&op, out_ref, NULL);
     float *out = filled(nq, NAN);
-    loom_cpu_attention_cached_forward(out, q, k, v, B, Tq, Tmax, pos0, Hq, Hkv, D);
+    loom_cpu_attention_cached_forward(out, q, k, v, B, Tq, Tmax, pos0, Hq, Hkv, D, &g_scratch);
     snprintf(name, sizeof name, "attention cached fwd B=%lld Tq=%lld Tmax=%lld pos0=%lld Hq=%lld "
              "Hkv=%lld", (long long)B, (long long)Tq, (long long)Tmax, (long long)pos0,
              (long long)Hq, (long long)Hkv);
@@ -991,9 +999,9 @@ static void test_determinism(void) {
         omp_set_num_threads(run == 0 ? 1 : 2);
         out[run] = filled(nq, 0); lse[run] = filled(B * Hq * T, 0);
         dq[run] = filled(nq, 0); dk[run] = filled(nkv, 0); dv[run] = filled(nkv, 0);
-        loom_cpu_attention_forward(out[run], lse[run], q, k, v, B, T, Hq, Hkv, D);
+        loom_cpu_attention_forward(out[run], lse[run], q, k, v, B, T, Hq, Hkv, D, &g_scratch);
         loom_cpu_attention_backward(dq[run], dk[run], dv[run], dout, q, k, v, out[run], lse[run],
-                                    B, T, Hq, Hkv, D, 0, 0, 0);
+                                    B, T, Hq, Hkv, D, 0, 0, 0, &g_scratch);
         dx[run] = filled(N * C, 0); dw[run] = filled(C, 0); db[run] = filled(C, 0);
         loom_cpu_layernorm_forward(ln_out, mean, rstd, x, w, bias, N, C, 1e-5f);
         loom_cpu_layernorm_backward(dx[run], dw[run], db[run], dy, x, w, mean, rstd, N, C, 0, 0, 0);
@@ -1042,6 +1050,7 @@ static void test_determinism(void) {
 }
 
 int main(void) {
+    scratch_init(1024);
     test_exp();
     test_linear();
     test_matmul();
@@ -1069,5 +1078,6 @@ int main(void) {
     test_adamw();
     test_sgd();
     test_determinism();
+    free(g_scratch.data);
     return tu_finish();
 }

@@ -6,13 +6,24 @@
 
 #include "ir/ir.h"
 
+// Scratch memory planned once per program (the largest any node needs), so kernels never
+// allocate during a step.
+typedef struct loom_kernel_ctx {
+    void *scratch;
+    size_t scratch_bytes;
+    int threads;          // the thread count the scratch was sized for
+} loom_kernel_ctx;
+
 typedef struct loom_backend_i {
     const char *name;
+    // Bytes of scratch node `n` (forward or backward) needs with `threads` threads.
+    size_t (*scratch_bytes)(const loom_graph *g, const loom_node *n, int threads);
     // Forward node `n`; ptr[v] is the buffer of value v.
-    loom_status (*forward)(const loom_graph *g, const loom_node *n, void *const *ptr);
+    loom_status (*forward)(const loom_graph *g, const loom_node *n, void *const *ptr,
+                           const loom_kernel_ctx *ctx);
     // Backward node `n`; acc_mask bit k: gradient output k accumulates instead of overwriting.
     loom_status (*backward)(const loom_graph *g, const loom_node *n, uint32_t acc_mask,
-                            void *const *ptr);
+                            void *const *ptr, const loom_kernel_ctx *ctx);
     // Optimizers and reductions over plain fp32 buffers.
     double (*sum_squares)(const float *x, int64_t n);
     void (*adamw)(float *param, const float *grad, float *m, float *v, int64_t n, float lr,

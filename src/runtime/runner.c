@@ -28,6 +28,18 @@ loom_status loom__runner_create(loom_program *prog, const loom_backend_i *be, fl
         memset(r->region[reg], 0, bytes);  // also faults the pages in before the first step
     }
     r->region[LOOM_REGION_PARAM] = params;
+    // Kernel scratch: the most any instruction needs, for the threads that will run it.
+    r->kernel.threads = omp_get_max_threads();
+    for (int i = 0; i < prog->n_instr; i++) {
+        const loom_instr *in = &prog->instr[i];
+        if (in->kind != LOOM_INSTR_FORWARD && in->kind != LOOM_INSTR_BACKWARD) continue;
+        size_t b = be->scratch_bytes(g, &g->nodes[in->node], r->kernel.threads);
+        if (b > r->kernel.scratch_bytes) r->kernel.scratch_bytes = b;
+    }
+    if (r->kernel.scratch_bytes) {
+        r->kernel.scratch = loom__malloc_aligned(r->kernel.scratch_bytes);
+        if (!r->kernel.scratch) goto nomem;
+    }
     for (int v = 0; v < g->n_values; v++) {
         int reg = prog->region[v];
         if (reg == LOOM_REGION_NONE) continue;
@@ -45,6 +57,7 @@ void loom__runner_free(loom_runner *r) {
     if (!r) return;
     for (int reg = 0; reg < LOOM_REGION_COUNT; reg++)
         if (reg != LOOM_REGION_PARAM) loom__free_aligned(r->region[reg]);
+    loom__free_aligned(r->kernel.scratch);
     loom__free_aligned(r->opt_m);
     loom__free_aligned(r->opt_v);
     loom__free(r->ptr);
@@ -131,10 +144,10 @@ loom_status loom__runner_run(loom_runner *r) {
             break;
         case LOOM_INSTR_RECORD_LOSS: r->loss_sum += *(const float *)r->ptr[p->loss]; break;
         case LOOM_INSTR_FORWARD:
-            LOOM_CHECK(r->be->forward(g, &g->nodes[in->node], r->ptr));
+            LOOM_CHECK(r->be->forward(g, &g->nodes[in->node], r->ptr, &r->kernel));
             break;
         case LOOM_INSTR_BACKWARD:
-            LOOM_CHECK(r->be->backward(g, &g->nodes[in->node], in->acc_mask, r->ptr));
+            LOOM_CHECK(r->be->backward(g, &g->nodes[in->node], in->acc_mask, r->ptr, &r->kernel));
             break;
         case LOOM_INSTR_CLIP_GRADS: clip_grads(r); break;
         case LOOM_INSTR_OPTIMIZER_STEP:

@@ -16,6 +16,7 @@ typedef struct loom_runner {
     const loom_backend_i *be;
     void *region[LOOM_REGION_COUNT];  // owned, except PARAM (bound to the model)
     void **ptr;                       // per value: its buffer, NULL when unused
+    loom_kernel_ctx kernel;           // scratch sized for the largest node, owned
     // Per-step inputs: the caller's arrays for each INPUT value, micro-batch major.
     const void **batch_src;
     // Optimizer state, flat over the parameter region.

@@ -77,7 +77,26 @@ static void slice_backward(float *dinp, const float *dout, int64_t N, int64_t C,
 
 // ---- forward ------------------------------------------------------------------------------------
 
-static loom_status cpu_forward(const loom_graph *g, const loom_node *n, void *const *ptr) {
+// Attention's per-thread scratch, carved from the program's scratch buffer.
+static loom_cpu_scratch attention_scratch(const loom_kernel_ctx *ctx) {
+    loom_cpu_scratch s = {ctx->scratch, ctx->threads, 0};
+    if (ctx->threads > 0) s.per_thread = (int64_t)(ctx->scratch_bytes / sizeof(float)) / ctx->threads;
+    return s;
+}
+
+static size_t cpu_scratch_bytes(const loom_graph *g, const loom_node *n, int threads) {
+    const loom_node *f = n->backward ? &g->nodes[n->fwd] : n;
+    int64_t floats = 0;
+    if (f->op == LOOM_OP_ATTENTION)
+        floats = loom_cpu_attention_scratch_floats(dim(g, f->in[0], 1), dim(g, f->in[0], 1),
+                                                   n->backward);
+    else if (f->op == LOOM_OP_ATTENTION_CACHED)
+        floats = loom_cpu_attention_scratch_floats(dim(g, f->in[0], 1), dim(g, f->in[3], 1), 0);
+    return (size_t)floats * (size_t)threads * sizeof(float);
+}
+
+static loom_status cpu_forward(const loom_graph *g, const loom_node *n, void *const *ptr,
+                               const loom_kernel_ctx *ctx) {
     const int32_t *in = n->in, *out = n->out;
     switch (n->op) {
     case LOOM_OP_EMBEDDING: {
@@ -130,8 +149,9 @@ static loom_status cpu_forward(const loom_graph *g, const loom_node *n, void *co
     case LOOM_OP_ATTENTION: {
         int64_t Hq = n->ai[0], Hkv = n->ai[1];
         int64_t B = dim(g, in[0], 0), T = dim(g, in[0], 1), D = dim(g, in[0], 2) / Hq;
+        loom_cpu_scratch scratch = attention_scratch(ctx);
         loom_cpu_attention_forward(F(out[0]), F(out[1]), CF(in[0]), CF(in[1]), CF(in[2]), B, T,
-                                   Hq, Hkv, D);
+                                   Hq, Hkv, D, &scratch);
         return LOOM_OK;
     }
     case LOOM_OP_ATTENTION_CACHED: {
@@ -156,8 +176,9 @@ static loom_status cpu_forward(const loom_graph *g, const loom_node *n, void *co
             memcpy(kc + (b * Tmax + pos0) * Ckv, CF(in[1]) + b * Tq * Ckv, (size_t)(Tq * Ckv) * 4);
             memcpy(vc + (b * Tmax + pos0) * Ckv, CF(in[2]) + b * Tq * Ckv, (size_t)(Tq * Ckv) * 4);
         }
+        loom_cpu_scratch scratch = attention_scratch(ctx);
         loom_cpu_attention_cached_forward(F(out[0]), CF(in[0]), kc, vc, B, Tq, Tmax, pos0, Hq,
-                                          Hkv, D);
+                                          Hkv, D, &scratch);
         return LOOM_OK;
     }
     case LOOM_OP_CROSS_ENTROPY: {
@@ -185,7 +206,7 @@ static loom_status cpu_forward(const loom_graph *g, const loom_node *n, void *co
 // ---- backward -----------------------------------------------------------------------------------
 
 static loom_status cpu_backward(const loom_graph *g, const loom_node *n, uint32_t acc,
-                                void *const *ptr) {
+                                void *const *ptr, const loom_kernel_ctx *ctx) {
     const loom_node *f = &g->nodes[n->fwd];
     const int32_t *in = f->in, *out = f->out;
     const int32_t *dout = n->in, *din = n->out;
@@ -252,9 +273,10 @@ static loom_status cpu_backward(const loom_graph *g, const loom_node *n, uint32_
     case LOOM_OP_ATTENTION: {
         int64_t Hq = f->ai[0], Hkv = f->ai[1];
         int64_t B = dim(g, in[0], 0), T = dim(g, in[0], 1), D = dim(g, in[0], 2) / Hq;
+        loom_cpu_scratch scratch = attention_scratch(ctx);
         loom_cpu_attention_backward(OPT(din[0]), OPT(din[1]), OPT(din[2]), CF(dout[0]), CF(in[0]),
                                     CF(in[1]), CF(in[2]), CF(out[0]), CF(out[1]), B, T, Hq, Hkv,
-                                    D, ACC(0), ACC(1), ACC(2));
+                                    D, ACC(0), ACC(1), ACC(2), &scratch);
         return LOOM_OK;
     }
     case LOOM_OP_CROSS_ENTROPY: {
@@ -295,6 +317,7 @@ static void cpu_set_threads(int n) {
 
 static const loom_backend_i cpu_backend = {
     .name = "cpu",
+    .scratch_bytes = cpu_scratch_bytes,
     .forward = cpu_forward,
     .backward = cpu_backward,
     .sum_squares = loom_cpu_sum_squares,

@@ -10,19 +10,21 @@
 #include <omp.h>
 #include <string.h>
 
-double loom_cpu__exp_affine(float *out, const float *x, float scale, float shift, int64_t n);
 
 // Query rows per block. A block's scores are (ATTN_BLOCK x keys), kept in per-thread scratch.
 enum { ATTN_BLOCK = 64 };
 
 static int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// One scratch slice of `floats_per_thread` per thread of the coming parallel region. The
-// kernels cannot report failure, so running out of memory here is fatal.
-static float *scratch_alloc(int64_t floats_per_thread, int nthreads) {
-    float *scratch = loom__malloc_aligned((size_t)(floats_per_thread * nthreads) * sizeof(float));
-    LOOM_ASSERT(scratch != NULL && "attention scratch allocation");
-    return scratch;
+// Threads for a parallel region: what OpenMP would use, capped by the scratch's slices.
+static int region_threads(const loom_cpu_scratch *scratch) {
+    int n = omp_get_max_threads();
+    return n < scratch->threads ? n : scratch->threads;
+}
+
+int64_t loom_cpu_attention_scratch_floats(int64_t Tq, int64_t Tkv, int backward) {
+    int64_t rows = min_i64(ATTN_BLOCK, Tq);
+    return backward ? 2 * rows * Tkv : rows * Tkv;  // backward: p and dp/ds blocks
 }
 
 // Softmax of one block of score rows, in place: row r of s (rows, nkeys) holds q . k for the
@@ -49,18 +51,18 @@ static void softmax_block_rows(float *s, float *inv_sum, float *lse, int64_t row
 // NULL. Work items are (batch, query head, query block), largest blocks first.
 static void attention_forward_rows(float *out, float *lse, const float *q, const float *k,
                                    const float *v, int64_t B, int64_t Tq, int64_t Tkv,
-                                   int64_t pos0, int64_t Hq, int64_t Hkv, int64_t D) {
+                                   int64_t pos0, int64_t Hq, int64_t Hkv, int64_t D,
+                                   const loom_cpu_scratch *scratch) {
     const int64_t group = Hq / Hkv;
     const int64_t ldq = Hq * D, ldkv = Hkv * D;
     const float scale = 1.0f / sqrtf((float)D);
     const int64_t nblocks = (Tq + ATTN_BLOCK - 1) / ATTN_BLOCK;
     const int64_t max_keys = pos0 + Tq;
     const int64_t nitems = B * Hq * nblocks;
-    const int nthreads = omp_get_max_threads();
-    const int64_t scratch_floats = min_i64(ATTN_BLOCK, Tq) * max_keys;
-    float *scratch = scratch_alloc(scratch_floats, nthreads);
+    const int64_t scratch_floats = scratch->per_thread;
+    LOOM_ASSERT(scratch_floats >= loom_cpu_attention_scratch_floats(Tq, max_keys, 0));
 
-    #pragma omp parallel for schedule(dynamic, 1) if (nitems > 1)
+    #pragma omp parallel for schedule(dynamic, 1) if (nitems > 1) num_threads(region_threads(scratch))
     for (int64_t item = 0; item < nitems; item++) {
         const int64_t blk = nblocks - 1 - item / (B * Hq);
         const int64_t b = item % (B * Hq) / Hq, h = item % Hq;
@@ -70,7 +72,7 @@ static void attention_forward_rows(float *out, float *lse, const float *q, const
         const float *kb = k + b * Tkv * ldkv + (h / group) * D;    // (nkeys, D), ld ldkv
         const float *vb = v + b * Tkv * ldkv + (h / group) * D;    // (nkeys, D), ld ldkv
         float *ob = out + (b * Tq + i0) * ldq + h * D;             // (rows, D), ld ldq
-        float *s = scratch + omp_get_thread_num() * scratch_floats; // (rows, nkeys)
+        float *s = scratch->data + omp_get_thread_num() * scratch_floats; // (rows, nkeys)
         float inv_sum[ATTN_BLOCK];
 
         // s = q k^T; p = exp(scale s - lse) unnormalized; o = p v, rows then normalized.
@@ -83,19 +85,20 @@ static void attention_forward_rows(float *out, float *lse, const float *q, const
         for (int64_t r = 0; r < rows; r++)
             for (int64_t d = 0; d < D; d++) ob[r * ldq + d] *= inv_sum[r];
     }
-    loom__free_aligned(scratch);
 }
 
 void loom_cpu_attention_forward(float *out, float *lse, const float *q, const float *k,
                                 const float *v, int64_t B, int64_t T, int64_t Hq, int64_t Hkv,
-                                int64_t D) {
-    attention_forward_rows(out, lse, q, k, v, B, T, T, 0, Hq, Hkv, D);
+                                int64_t D, const loom_cpu_scratch *scratch) {
+    attention_forward_rows(out, lse, q, k, v, B, T, T, 0, Hq, Hkv, D, scratch);
 }
 
 void loom_cpu_attention_cached_forward(float *out, const float *q, const float *k_cache,
                                        const float *v_cache, int64_t B, int64_t Tq, int64_t Tmax,
-                                       int64_t pos0, int64_t Hq, int64_t Hkv, int64_t D) {
-    attention_forward_rows(out, NULL, q, k_cache, v_cache, B, Tq, Tmax, pos0, Hq, Hkv, D);
+                                       int64_t pos0, int64_t Hq, int64_t Hkv, int64_t D,
+                                       const loom_cpu_scratch *scratch) {
+    attention_forward_rows(out, NULL, q, k_cache, v_cache, B, Tq, Tmax, pos0, Hq, Hkv, D,
+                           scratch);
 }
 
 // Backward. With s = scale q k^T (causal), p = softmax(s) = exp(s - lse), o = p v:
@@ -107,7 +110,8 @@ void loom_cpu_attention_backward(float *dq, float *dk, float *dv, const float *d
                                  const float *q, const float *k, const float *v,
                                  const float *out, const float *lse, int64_t B, int64_t T,
                                  int64_t Hq, int64_t Hkv, int64_t D,
-                                 int acc_dq, int acc_dk, int acc_dv) {
+                                 int acc_dq, int acc_dk, int acc_dv,
+                                 const loom_cpu_scratch *scratch) {
     const int64_t group = Hq / Hkv;
     const int64_t ldq = Hq * D, ldkv = Hkv * D;
     const float scale = 1.0f / sqrtf((float)D);
@@ -115,19 +119,18 @@ void loom_cpu_attention_backward(float *dq, float *dk, float *dv, const float *d
     const int64_t nitems = B * Hkv;
     const int need_ds = dq != NULL || dk != NULL;
     if (!need_ds && dv == NULL) return;
-    const int nthreads = omp_get_max_threads();
     const int64_t block_floats = min_i64(ATTN_BLOCK, T) * T;
-    const int64_t scratch_floats = 2 * block_floats; // p and dp/ds blocks
-    float *scratch = scratch_alloc(scratch_floats, nthreads);
+    const int64_t scratch_floats = scratch->per_thread;
+    LOOM_ASSERT(scratch_floats >= loom_cpu_attention_scratch_floats(T, T, 1));
 
-    #pragma omp parallel for schedule(static) if (nitems > 1)
+    #pragma omp parallel for schedule(static) if (nitems > 1) num_threads(region_threads(scratch))
     for (int64_t item = 0; item < nitems; item++) {
         const int64_t b = item / Hkv, g = item % Hkv;
         const float *kb = k + b * T * ldkv + g * D; // (T, D), ld ldkv
         const float *vb = v + b * T * ldkv + g * D;
         float *dkb = dk ? dk + b * T * ldkv + g * D : NULL;
         float *dvb = dv ? dv + b * T * ldkv + g * D : NULL;
-        float *p = scratch + omp_get_thread_num() * scratch_floats; // (rows, nkeys)
+        float *p = scratch->data + omp_get_thread_num() * scratch_floats; // (rows, nkeys)
         float *ds = p + block_floats;                                // (rows, nkeys)
         for (int64_t t = 0; t < T; t++) {
             if (dkb && !acc_dk) memset(dkb + t * ldkv, 0, (size_t)D * sizeof(float));
@@ -180,5 +183,4 @@ void loom_cpu_attention_backward(float *dq, float *dk, float *dv, const float *d
             }
         }
     }
-    loom__free_aligned(scratch);
 }

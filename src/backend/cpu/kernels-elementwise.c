@@ -5,7 +5,6 @@
 
 #include <stddef.h>
 
-double loom_cpu__exp_affine(float *out, const float *x, float scale, float shift, int64_t n);
 
 // Elements per work item: chunks keep per-chunk scratch in L1 and small sizes on one thread.
 enum { CHUNK = 2048 };

@@ -6,7 +6,6 @@
 #include <math.h>
 #include <string.h>
 
-double loom_cpu__exp_affine(float *out, const float *x, float scale, float shift, int64_t n);
 
 // Rows parallelize once a call has this many logits.
 enum { PARALLEL_MIN_ELEMS = 1 << 15 };

@@ -1,9 +1,6 @@
 // Shared vectorizable math for the CPU kernels: exp over arrays, accurate to about 1 ulp.
-// Internal to the kernels (not in kernels.h): each user repeats the one-line prototype below.
 
-#include <stdint.h>
-
-double loom_cpu__exp_affine(float *out, const float *x, float scale, float shift, int64_t n);
+#include "backend/cpu/kernels.h"
 
 // exp(z) = 2^k * exp(r) with k = round(z / ln 2) and r = z - k ln 2 in [-ln2/2, ln2/2];
 // exp(r) by its degree-7 Taylor polynomial (truncation error < 0.1 ulp), 2^k built in the
@@ -33,7 +30,8 @@ static inline float exp_scalar(float z) {
     p = __builtin_fmaf(p, r, 0.5f);
     p = __builtin_fmaf(p, r, 1.0f);
     p = __builtin_fmaf(p, r, 1.0f);
-    union { float f; int32_t i; } two_k = { .i = ((int32_t)k_exp + 127) * (1 << 23) };
+    const float k_safe = k_exp == k_exp ? k_exp : 0.0f;  // NaN input: p is NaN anyway
+    union { float f; uint32_t i; } two_k = { .i = (uint32_t)((int32_t)k_safe + 127) << 23 };
     float e = p * top * two_k.f;
     e = z < z_min ? 0.0f : e;
     return z > z_max ? __builtin_inff() : e;

@@ -12,10 +12,13 @@
 //   OpenMP (`#pragma omp parallel for`); OpenBLAS is the OpenMP build, so both share one pool.
 // - Backward kernels take an `acc` flag per produced gradient: 0 overwrites the gradient buffer,
 //   1 adds into it. A gradient pointer may be NULL: that gradient is not wanted, skip its work.
-// - Kernels are deterministic: the same inputs give bit-identical outputs whatever the thread
-//   count (no atomics, no reductions whose order depends on scheduling).
-// - Kernels never allocate inside the hot path except where noted (attention scratch is passed
-//   in); they never fail: the runtime validates shapes and indices before calling them.
+// - Kernels are deterministic: the same inputs and thread count give bit-identical outputs (no
+//   atomics, no reductions whose order depends on scheduling). All kernels except the
+//   sgemm-backed products are also independent of the thread count; OpenBLAS splits long
+//   reduction dims (K > 384, not a multiple of 384) differently with 1 and 2 threads.
+// - Kernels never allocate: attention's per-thread scratch is planned by the caller
+//   (loom_cpu_attention_scratch_floats). They never fail: the runtime validates shapes and
+//   indices before calling them.
 //
 // Legend: M rows (= B*T flattened), K input features, N output features, B batch, T time,
 // C channels, V vocabulary, Hq query heads, Hkv key/value heads, D head dim.
@@ -105,6 +108,18 @@ void loom_cpu_rope_backward(float *dinp, const float *dout, const int32_t *pos, 
 
 // ---- causal self-attention with grouped-query heads ----------------------------------------------
 
+// Per-thread scratch for the attention kernels, planned once by the caller. Parallel regions of
+// a kernel use at most `threads` threads, each its own slice of `per_thread` floats.
+typedef struct loom_cpu_scratch {
+    float *data;          // (threads, per_thread)
+    int threads;
+    int64_t per_thread;
+} loom_cpu_scratch;
+
+// Floats per thread the attention kernels need for Tq query rows attending to at most Tkv keys
+// (forward) or for the backward over T = Tq = Tkv.
+int64_t loom_cpu_attention_scratch_floats(int64_t Tq, int64_t Tkv, int backward);
+
 // q (B, T, Hq*D), k and v (B, T, Hkv*D), out (B, T, Hq*D), lse (B, Hq, T) the log-sum-exp of each
 // scaled score row (saved for backward). Query head h uses key/value head h / (Hq / Hkv)
 // (Hugging Face repeat_kv). Scores are scaled by 1/sqrt(D); causal mask (key t <= query s).
@@ -112,20 +127,22 @@ void loom_cpu_rope_backward(float *dinp, const float *dout, const int32_t *pos, 
 // per thread, allocated inside the call (once per call, not per head).
 void loom_cpu_attention_forward(float *out, float *lse, const float *q, const float *k,
                                 const float *v, int64_t B, int64_t T, int64_t Hq, int64_t Hkv,
-                                int64_t D);
+                                int64_t D, const loom_cpu_scratch *scratch);
 // Flash-style backward: probabilities recomputed from lse, O(T^2 D) per head.
 // dq (B,T,Hq*D), dk, dv (B,T,Hkv*D); gradients of the query heads sharing one kv head are summed.
 void loom_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                  const float *q, const float *k, const float *v,
                                  const float *out, const float *lse, int64_t B, int64_t T,
                                  int64_t Hq, int64_t Hkv, int64_t D,
-                                 int acc_dq, int acc_dk, int acc_dv);
+                                 int acc_dq, int acc_dk, int acc_dv,
+                                 const loom_cpu_scratch *scratch);
 // Inference with a key/value cache. q (B, Tq, Hq*D) holds the queries at positions
 // pos0 .. pos0+Tq-1; k_cache, v_cache (B, Tmax, Hkv*D) already hold keys/values for positions
 // 0 .. pos0+Tq-1. Causal: query at position p sees keys 0..p. out (B, Tq, Hq*D).
 void loom_cpu_attention_cached_forward(float *out, const float *q, const float *k_cache,
                                        const float *v_cache, int64_t B, int64_t Tq, int64_t Tmax,
-                                       int64_t pos0, int64_t Hq, int64_t Hkv, int64_t D);
+                                       int64_t pos0, int64_t Hq, int64_t Hkv, int64_t D,
+                                       const loom_cpu_scratch *scratch);
 
 // ---- fused softmax cross-entropy ------------------------------------------------------------------
 
@@ -140,6 +157,12 @@ void loom_cpu_cross_entropy_forward(float *losses, float *lse, const float *logi
 void loom_cpu_cross_entropy_backward(float *dlogits, const float *logits, const float *lse,
                                      const int32_t *targets, int64_t N, int64_t V,
                                      int32_t ignore_index, float scale, int acc);
+
+// ---- shared math (internal to the kernels) -------------------------------------------------------
+
+// out[i] = exp(x[i] * scale + shift), accurate to about 1 ulp and vectorizable; returns the sum
+// of the results in a fixed order. out may alias x, or be NULL when only the sum is wanted.
+double loom_cpu__exp_affine(float *out, const float *x, float scale, float shift, int64_t n);
 
 // ---- optimizers and reductions --------------------------------------------------------------------
 
