@@ -254,9 +254,13 @@ void loom__program_free(loom_program *p) {
     loom__free(p);
 }
 
+const char *loom__instr_name(loom_instr_kind kind) {
+    static const char *kinds[] = {"zero_grads", "load_batch", "seed_grad", "record_loss",
+                                  "forward", "backward", "clip_grads", "optimizer_step"};
+    return (unsigned)kind < LOOM_INSTR_COUNT ? kinds[kind] : "?";
+}
+
 void loom__program_dump(const loom_program *p, FILE *f) {
-    static const char *kinds[] = {"zero_grads", "load_batch", "seed_grad", "record_loss", "forward",
-                                  "backward", "clip_grads", "optimizer_step"};
     static const char *regions[] = {"none", "arena", "input", "param", "param_grad", "persist"};
     const loom_graph *g = p->graph;
     fprintf(f, "program: %d instructions, %d micro-batches\n", p->n_instr, p->micro_batches);
@@ -264,7 +268,7 @@ void loom__program_dump(const loom_program *p, FILE *f) {
         fprintf(f, "  region %-10s %12zu bytes\n", regions[r], p->region_bytes[r]);
     for (int i = 0; i < p->n_instr; i++) {
         const loom_instr *in = &p->instr[i];
-        fprintf(f, "%5d %-14s", i, kinds[in->kind]);
+        fprintf(f, "%5d %-14s", i, loom__instr_name(in->kind));
         if (in->node >= 0)
             fprintf(f, " %s @%s", loom__op_def(g->nodes[in->node].op)->signature,
                     g->modules[g->nodes[in->node].module]);

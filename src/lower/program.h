@@ -63,6 +63,8 @@ typedef struct loom_program {
 
 loom_status loom__lower(const loom_graph *g, const loom_lower_options *opt, loom_program **out);
 void loom__program_free(loom_program *p);
+// Name of an instruction kind ("forward").
+const char *loom__instr_name(loom_instr_kind kind);
 // Print the instruction list and the memory plan summary.
 void loom__program_dump(const loom_program *p, FILE *f);
 

@@ -107,23 +107,32 @@ static loom_status optimizer_step(loom_runner *r) {
         return loom__error(LOOM_ERR_INVALID, "gradient norm is %g at step %lld: the loss "
                            "diverged (lower the learning rate or enable --grad-clip)",
                            (double)r->last_grad_norm, (long long)r->step + 1);
-    if (!r->opt_m) {
-        r->opt_m = loom__malloc_aligned(n * sizeof(float));
-        if (!r->opt_m) return LOOM_ERR_NOMEM;
-        memset(r->opt_m, 0, n * sizeof(float));
-        if (o->kind == 0) {
-            r->opt_v = loom__malloc_aligned(n * sizeof(float));
-            if (!r->opt_v) return LOOM_ERR_NOMEM;
-            memset(r->opt_v, 0, n * sizeof(float));
-        }
-    }
+    LOOM_ASSERT(o->kind != 0 || (r->opt_m && r->opt_v));
     r->step++;
     if (o->kind == 0)
         r->be->adamw(params, grads, r->opt_m, r->opt_v, (int64_t)n, o->lr, o->beta1, o->beta2,
                      o->eps, o->weight_decay, r->step, scale);
     else
-        r->be->sgd(params, grads, o->momentum != 0 ? r->opt_m : NULL, (int64_t)n, o->lr,
+        r->be->sgd(params, grads, r->opt_m, (int64_t)n, o->lr,
                    o->momentum, o->weight_decay, r->step, scale);
+    return LOOM_OK;
+}
+
+loom_status loom__runner_set_optimizer(loom_runner *r, const loom_optim_params *o) {
+    size_t n = param_floats(r);
+    r->optim = *o;
+    loom__free_aligned(r->opt_m);
+    loom__free_aligned(r->opt_v);
+    r->opt_m = r->opt_v = NULL;
+    // Zeroed state (pages faulted in now, not during the first step).
+    int adamw = o->kind == 0, moments = adamw || o->momentum != 0;
+    if (moments) r->opt_m = loom__malloc_aligned(n * sizeof(float));
+    if (adamw) r->opt_v = loom__malloc_aligned(n * sizeof(float));
+    if ((moments && !r->opt_m) || (adamw && !r->opt_v))
+        return loom__error(LOOM_ERR_NOMEM, "out of memory for optimizer state (%zu parameters)", n);
+    if (r->opt_m) memset(r->opt_m, 0, n * sizeof(float));
+    if (r->opt_v) memset(r->opt_v, 0, n * sizeof(float));
+    r->step = 0;
     return LOOM_OK;
 }
 
@@ -155,9 +164,11 @@ loom_status loom__runner_run(loom_runner *r) {
             break;
         case LOOM_INSTR_COUNT: LOOM_ASSERT(0);
         }
-        if (r->profile && in->node >= 0)
-            r->op_seconds[g->nodes[in->node].op][in->kind == LOOM_INSTR_BACKWARD] +=
-                omp_get_wtime() - t0;
+        if (r->profile) {
+            double dt = omp_get_wtime() - t0;
+            r->instr_seconds[in->kind] += dt;
+            if (in->node >= 0) r->op_seconds[g->nodes[in->node].op][in->kind == LOOM_INSTR_BACKWARD] += dt;
+        }
     }
     return LOOM_OK;
 }

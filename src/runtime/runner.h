@@ -29,6 +29,7 @@ typedef struct loom_runner {
     // Per-op profile (seconds, forward and backward), when profiling.
     int profile;
     double op_seconds[LOOM_OP_COUNT][2];
+    double instr_seconds[LOOM_INSTR_COUNT];
 } loom_runner;
 
 // Bind `prog` (ownership passes to the runner) with parameters at `params` (the model's flat
@@ -36,6 +37,8 @@ typedef struct loom_runner {
 loom_status loom__runner_create(loom_program *prog, const loom_backend_i *be, float *params,
                                 loom_runner **out);
 void loom__runner_free(loom_runner *r);
+// Set the optimizer and allocate its zeroed state (before the first training run).
+loom_status loom__runner_set_optimizer(loom_runner *r, const loom_optim_params *o);
 // Run every instruction once: one step (training) or one forward pass.
 loom_status loom__runner_run(loom_runner *r);
 // Bytes the runner owns per region.

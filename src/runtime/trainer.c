@@ -75,10 +75,12 @@ loom_status loom_trainer_create(loom_model_t model, const loom_train_config *cfg
     st = loom__runner_create(prog, be, params, &t->runner);
     if (st < 0) goto fail;
     t->runner->profile = cfg->profile;
-    t->runner->optim = (loom_optim_params){
+    loom_optim_params optim = {
         .kind = (int)cfg->optimizer, .lr = cfg->lr, .beta1 = cfg->beta1, .beta2 = cfg->beta2,
         .eps = cfg->eps, .weight_decay = cfg->weight_decay, .momentum = cfg->momentum,
         .grad_clip = cfg->grad_clip};
+    st = loom__runner_set_optimizer(t->runner, &optim);
+    if (st < 0) goto fail;
     t->tokens = loom_graph_find(t->graph, "tokens");
     t->targets = loom_graph_find(t->graph, "targets");
     t->pos = loom_graph_find(t->graph, "positions");
@@ -167,10 +169,11 @@ loom_memory_stats loom_trainer_memory(loom_trainer_t t) {
 void loom_trainer_profile(loom_trainer_t t, FILE *f) {
     const loom_runner *r = t->runner;
     double total = 0;
+    for (int k = 0; k < LOOM_INSTR_COUNT; k++) total += r->instr_seconds[k];
     int order[2 * LOOM_OP_COUNT], n = 0;
     for (int i = 0; i < 2 * LOOM_OP_COUNT; i++) {
         double s = r->op_seconds[i / 2][i % 2];
-        if (s > 0) order[n++] = i, total += s;
+        if (s > 0) order[n++] = i;
     }
     for (int i = 1; i < n; i++) {
         int x = order[i], j = i - 1;
@@ -183,6 +186,11 @@ void loom_trainer_profile(loom_trainer_t t, FILE *f) {
         double s = r->op_seconds[order[i] / 2][order[i] % 2];
         fprintf(f, "%-19s %-8s %10.4f %6.1f%%\n", loom__op_def((loom_op)(order[i] / 2))->signature,
                 order[i] % 2 ? "backward" : "forward", s, 100 * s / total);
+    }
+    for (int k = 0; k < LOOM_INSTR_COUNT; k++) {
+        if (k == LOOM_INSTR_FORWARD || k == LOOM_INSTR_BACKWARD || r->instr_seconds[k] <= 0) continue;
+        fprintf(f, "%-28s %10.4f %6.1f%%\n", loom__instr_name((loom_instr_kind)k),
+                r->instr_seconds[k], 100 * r->instr_seconds[k] / total);
     }
 }
 
