@@ -7,5 +7,5 @@ scripts/install-deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
 cmake --build build
 ./build/loom train --model gpt2 --layers 4 --embd 128 --heads 4 --ctx 128 \
-    --data examples/data/licenses.txt --steps 300 --batch 8 --seq 128 --lr 2e-3 \
+    --data examples/data/licenses.txt --steps 800 --batch 8 --seq 128 --lr 3e-3 \
     --save out/gpt2-licenses --sample 300 --prompt "This License"
