@@ -168,6 +168,39 @@ static void test_bad_configs(void) {
     }
 }
 
+// Mistral and Qwen2 configs map onto the LLaMA family; a sequence longer than Mistral's
+// sliding window is refused (sliding-window attention is not implemented).
+static void test_family_configs(void) {
+    char dir[512], path[600];
+    make_dir(dir, sizeof dir, "mistral");
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    write_text(path, "{\"model_type\": \"mistral\", \"vocab_size\": 64, \"hidden_size\": 32, "
+                     "\"intermediate_size\": 64, \"num_hidden_layers\": 1, "
+                     "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, "
+                     "\"max_position_embeddings\": 256, \"sliding_window\": 16, "
+                     "\"rope_theta\": 1000000.0, \"tie_word_embeddings\": false}");
+    loom_model_config cfg;
+    CHECK_OK(loom_model_config_load(path, &cfg));
+    CHECK(cfg.family == LOOM_FAMILY_LLAMA && !strcmp(cfg.model_type, "mistral"));
+    CHECK(cfg.n_kv_head == 2 && cfg.head_dim == 8 && cfg.sliding_window == 16 &&
+          cfg.rope_theta == 1000000.0f && !cfg.attention_bias && !cfg.tie_word_embeddings);
+    loom_model_t m;
+    CHECK_OK(loom_model_create(&cfg, 7, &m));
+    loom_graph_t g = NULL;
+    CHECK_OK(loom_model_build_graph(m, LOOM_GRAPH_TRAIN, 1, 16, 0, &g));
+    loom_graph_destroy(g);
+    g = NULL;
+    CHECK(loom_model_build_graph(m, LOOM_GRAPH_TRAIN, 1, 17, 0, &g) == LOOM_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(loom_last_error(), "sliding_window") != NULL, "%s", loom_last_error());
+    loom_model_free(m);
+
+    char src[512];
+    snprintf(src, sizeof src, "%s/oracle/qwen2/config.json", LOOM_TEST_DATA);
+    CHECK_OK(loom_model_config_load(src, &cfg));
+    CHECK(cfg.attention_bias && !cfg.o_bias && cfg.tie_word_embeddings && cfg.n_kv_head == 1 &&
+          cfg.sliding_window == 0);
+}
+
 static int argmax(const float *x, int n) {
     int best = 0;
     for (int i = 1; i < n; i++)
@@ -235,6 +268,7 @@ int main(void) {
     if (!mkdtemp(tmp_root)) return 1;
     test_round_trips();
     test_bad_configs();
+    test_family_configs();
     test_generate_matches_forward("gpt2");
     test_generate_matches_forward("llama");
     test_generate_matches_forward("qwen2");
