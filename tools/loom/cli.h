@@ -6,6 +6,7 @@
 
 #include "loom/loom.h"
 
+#include <getopt.h>
 #include <stdint.h>
 
 #define CLI_EXIT_USAGE 2
@@ -16,6 +17,11 @@ typedef struct cli_ctx {
     const char *cmd;      // "train"
     const char *usage;    // one-line usage
 } cli_ctx;
+
+// The next long option of argv: returns its name and sets *arg (NULL without one); "help" for
+// -h / --help; NULL at the end. Unknown options and stray arguments exit 2 with the usage line.
+const char *cli_next_option(const cli_ctx *c, int argc, char **argv, const struct option *opts,
+                            const char **arg);
 
 int cli_int(const cli_ctx *c, const char *flag, const char *text, long min, long max);
 float cli_float(const cli_ctx *c, const char *flag, const char *text, double min, double max);

@@ -2,7 +2,6 @@
 
 #include "cli.h"
 
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,13 +22,9 @@ int cmd_generate(int argc, char **argv) {
         {"temperature", required_argument, 0, 0}, {"top-k", required_argument, 0, 0},
         {"sample-seed", required_argument, 0, 0}, {"threads", required_argument, 0, 0},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    opterr = 0;
-    optind = 1;
-    for (;;) {
-        int idx = -1;
-        int ch = getopt_long(argc, argv, "h", opts, &idx);
-        if (ch == -1) break;
-        if (ch == 'h') {
+    const char *name, *arg;
+    while ((name = cli_next_option(&c, argc, argv, opts, &arg))) {
+        if (!strcmp(name, "help")) {
             printf("usage: %s\n\n%s", generate_usage, CLI_MODEL_HELP);
             printf("sampling:\n"
                    "  --prompt TEXT          text to continue (byte tokens)\n"
@@ -40,8 +35,6 @@ int cmd_generate(int argc, char **argv) {
                    "  --threads N            CPU threads (default: all cores)\n");
             return 0;
         }
-        if (ch == '?') cli_usage_error(&c, "unknown or incomplete option '%s'", argv[optind - 1]);
-        const char *name = opts[idx].name, *arg = optarg;
         if (cli_model_option(&c, &mo, name, arg)) continue;
         if (!strcmp(name, "prompt")) prompt = arg;
         else if (!strcmp(name, "tokens")) n_new = cli_int(&c, name, arg, 0, 1 << 20);
@@ -50,7 +43,6 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(name, "sample-seed")) sc.seed = cli_u64(&c, name, arg);
         else if (!strcmp(name, "threads")) sc.threads = cli_int(&c, name, arg, 1, 4096);
     }
-    if (optind < argc) cli_usage_error(&c, "unexpected argument '%s'", argv[optind]);
     if (!prompt || !*prompt) cli_usage_error(&c, "--prompt TEXT is required");
     loom_model_t model;
     if (cli_model_load(&c, &mo, &model) != 0) return 1;
@@ -87,25 +79,18 @@ int cmd_graph(int argc, char **argv) {
     static const struct option opts[] = {
         CLI_MODEL_OPTIONS, {"batch", required_argument, 0, 0}, {"seq", required_argument, 0, 0},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    opterr = 0;
-    optind = 1;
-    for (;;) {
-        int idx = -1;
-        int ch = getopt_long(argc, argv, "h", opts, &idx);
-        if (ch == -1) break;
-        if (ch == 'h') {
+    const char *name, *arg;
+    while ((name = cli_next_option(&c, argc, argv, opts, &arg))) {
+        if (!strcmp(name, "help")) {
             printf("usage: %s\n\nPrints the training graph (ops, module paths, shapes,\n"
                    "annotations) and the per-rank program with its memory plan.\n\n%s",
                    graph_usage, CLI_MODEL_HELP);
             return 0;
         }
-        if (ch == '?') cli_usage_error(&c, "unknown or incomplete option '%s'", argv[optind - 1]);
-        const char *name = opts[idx].name, *arg = optarg;
         if (cli_model_option(&c, &mo, name, arg)) continue;
         if (!strcmp(name, "batch")) tc.batch = cli_int(&c, name, arg, 1, 1 << 16);
         else if (!strcmp(name, "seq")) tc.seq = cli_int(&c, name, arg, 1, 1 << 20);
     }
-    if (optind < argc) cli_usage_error(&c, "unexpected argument '%s'", argv[optind]);
     loom_model_t model;
     if (cli_model_load(&c, &mo, &model) != 0) return 1;
     loom_trainer_t t;

@@ -2,7 +2,6 @@
 
 #include "cli.h"
 
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,18 +56,12 @@ int cmd_train(int argc, char **argv) {
         {"save", required_argument, 0, 0}, {"log-json", no_argument, 0, 0},
         {"sample", required_argument, 0, 0}, {"prompt", required_argument, 0, 0},
         {"profile", no_argument, 0, 0}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    opterr = 0;
-    optind = 1;
-    for (;;) {
-        int idx = -1;
-        int ch = getopt_long(argc, argv, "h", opts, &idx);
-        if (ch == -1) break;
-        if (ch == 'h') {
+    const char *name, *arg;
+    while ((name = cli_next_option(&c, argc, argv, opts, &arg))) {
+        if (!strcmp(name, "help")) {
             print_help();
             return 0;
         }
-        if (ch == '?') cli_usage_error(&c, "unknown or incomplete option '%s'", argv[optind - 1]);
-        const char *name = opts[idx].name, *arg = optarg;
         if (cli_model_option(&c, &mo, name, arg)) continue;
         if (!strcmp(name, "data")) data = arg;
         else if (!strcmp(name, "steps")) steps = cli_int(&c, name, arg, 0, 1 << 30);
@@ -90,7 +83,6 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "prompt")) prompt = arg;
         else if (!strcmp(name, "profile")) profile = 1;
     }
-    if (optind < argc) cli_usage_error(&c, "unexpected argument '%s'", argv[optind]);
     cli_model_check(&c, &mo);
     if (!data) cli_usage_error(&c, "--data FILE is required");
     if (!strcmp(optimizer, "adamw")) tc.optimizer = LOOM_OPTIM_ADAMW;

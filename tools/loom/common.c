@@ -21,6 +21,26 @@ void cli_usage_error(const cli_ctx *c, const char *fmt, ...) {
     exit(CLI_EXIT_USAGE);
 }
 
+const char *cli_next_option(const cli_ctx *c, int argc, char **argv, const struct option *opts,
+                            const char **arg) {
+    static char **started;  // argv being parsed: getopt's state restarts for a new one
+    if (started != argv) {
+        started = argv;
+        opterr = 0;
+        optind = 1;
+    }
+    int idx = -1;
+    int ch = getopt_long(argc, argv, "h", opts, &idx);
+    *arg = optarg;
+    if (ch == 'h') return "help";
+    if (ch == '?') cli_usage_error(c, "unknown or incomplete option '%s'", argv[optind - 1]);
+    if (ch == -1) {
+        if (optind < argc) cli_usage_error(c, "unexpected argument '%s'", argv[optind]);
+        return NULL;
+    }
+    return opts[idx].name;
+}
+
 int cli_int(const cli_ctx *c, const char *flag, const char *text, long min, long max) {
     char *end;
     errno = 0;
