@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages loom needs to build and test (idempotent).
 set -euo pipefail
-packages=(cmake ninja-build gcc pkg-config libopenblas-openmp-dev libjansson-dev libyaml-dev)
+packages=(cmake ninja-build gcc pkg-config libopenblas-openmp-dev libjansson-dev libyaml-dev
+          libopenmpi-dev openmpi-bin zlib1g-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -108,6 +108,11 @@ loom_value loom_attention_cached(loom_graph_t g, loom_value q, loom_value k, loo
 // int32. Returns the scalar loss (shape (1)).
 loom_value loom_cross_entropy(loom_graph_t g, loom_value logits, loom_value targets,
                               int ignore_index);
+// Chunk `index` of `chunks` equal parts of the last dim: out (*, C / chunks). Annotation
+// "* (f^ n) -> * n": a fused axis (GPT-2's q|k|v) that tensor parallelism splits inside.
+loom_value loom_chunk(loom_graph_t g, loom_value x, int chunks, int index);
+// out (*, N) = x (*, N) + bias (N).
+loom_value loom_bias_add(loom_graph_t g, loom_value x, loom_value bias);
 // Sum of all elements, shape (1).
 loom_value loom_sum(loom_graph_t g, loom_value x);
 // out (*, len) = x (*, start : start + len) on the last dim.

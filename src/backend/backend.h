@@ -5,6 +5,7 @@
 #define LOOM_BACKEND_H
 
 #include "ir/ir.h"
+#include "loom/comm.h"
 
 // Scratch memory planned once per program (the largest any node needs), so kernels never
 // allocate during a step.
@@ -12,6 +13,7 @@ typedef struct loom_kernel_ctx {
     void *scratch;
     size_t scratch_bytes;
     int threads;          // the thread count the scratch was sized for
+    loom_comm_t comm;     // the unit's communicator (comm ops), NULL on one device
 } loom_kernel_ctx;
 
 typedef struct loom_backend_i {
@@ -26,6 +28,7 @@ typedef struct loom_backend_i {
                             void *const *ptr, const loom_kernel_ctx *ctx);
     // Optimizers and reductions over plain fp32 buffers.
     double (*sum_squares)(const float *x, int64_t n);
+    void (*scale)(float *x, float s, int64_t n);
     void (*adamw)(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int64_t t,
                   float grad_scale);

@@ -300,6 +300,32 @@ static loom_status bind_tensor(binder *b, int t, int ndim, const int64_t *shape,
     return LOOM_OK;
 }
 
+// Bind single dims first, then products, until nothing new is learned; then check all.
+static loom_status bind_inputs(binder *b, int n_in, const int *in_ndim,
+                               const int64_t (*in_shapes)[LOOM_MAX_DIMS]) {
+    for (int round = 0;; round++) {
+        int progress = 0;
+        for (int t = 0; t < n_in; t++)
+            LOOM_CHECK(bind_tensor(b, t, in_ndim[t], in_shapes[t], 0, &progress));
+        if (!progress || round > LOOM_ANN_MAX_IDS) break;
+    }
+    int unused = 0;
+    for (int t = 0; t < n_in; t++) LOOM_CHECK(bind_tensor(b, t, in_ndim[t], in_shapes[t], 1, &unused));
+    return LOOM_OK;
+}
+
+loom_status loom__ann_bind(const loom_annotation *ann, const char *text, const char *sizes,
+                           int n_in, const int *in_ndim,
+                           const int64_t (*in_shapes)[LOOM_MAX_DIMS], int64_t *len,
+                           int *star_ndim) {
+    binder b = {.text = text, .ann = ann, .star_ndim = -1};
+    LOOM_CHECK(bind_sizes_string(&b, sizes));
+    LOOM_CHECK(bind_inputs(&b, n_in, in_ndim, in_shapes));
+    for (int i = 0; i < ann->n_ids; i++) len[i] = ann->ids[i].literal ? ann->ids[i].literal : b.size[i];
+    *star_ndim = b.star_ndim;
+    return LOOM_OK;
+}
+
 loom_status loom_annotation_infer(const char *annotation, const char *sizes, int n_in,
                                   const int *in_ndim, const int64_t (*in_shapes)[LOOM_MAX_DIMS],
                                   int *n_out, int *out_ndim,
@@ -315,16 +341,7 @@ loom_status loom_annotation_infer(const char *annotation, const char *sizes, int
                            ann.n_in, n_in);
     binder b = {.text = annotation, .ann = &ann, .star_ndim = -1};
     LOOM_CHECK(bind_sizes_string(&b, sizes));
-    // Bind single dims first, then products, until nothing new is learned; then check all.
-    for (int round = 0;; round++) {
-        int progress = 0;
-        for (int t = 0; t < n_in; t++)
-            LOOM_CHECK(bind_tensor(&b, t, in_ndim[t], in_shapes[t], 0, &progress));
-        if (!progress || round > LOOM_ANN_MAX_IDS) break;
-    }
-    int unused = 0;
-    for (int t = 0; t < n_in; t++)
-        LOOM_CHECK(bind_tensor(&b, t, in_ndim[t], in_shapes[t], 1, &unused));
+    LOOM_CHECK(bind_inputs(&b, n_in, in_ndim, in_shapes));
     *n_out = ann.n_out;
     for (int o = 0; o < ann.n_out; o++) {
         const loom_ann_tensor *at = &ann.tensors[ann.n_in + o];

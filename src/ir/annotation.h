@@ -47,6 +47,12 @@ typedef struct loom_annotation {
 
 // Parse `text`; on error returns LOOM_ERR_FORMAT with "annotation '<text>', column C: reason".
 loom_status loom__ann_parse(const char *text, loom_annotation *ann);
+// Bind every identifier's length from input shapes (and `sizes`, "g=2,r=3"): len[id] for each
+// identifier, star_ndim the number of dims '*' covers (-1 when no input has '*').
+loom_status loom__ann_bind(const loom_annotation *ann, const char *text, const char *sizes,
+                           int n_in, const int *in_ndim,
+                           const int64_t (*in_shapes)[LOOM_MAX_DIMS], int64_t *len,
+                           int *star_ndim);
 // Index of identifier `name`, or -1.
 int loom__ann_find(const loom_annotation *ann, const char *name);
 

@@ -259,6 +259,7 @@ int loom__graph_add_node(loom_graph *g, loom_op op, int n_in, const loom_value *
     loom_status st = loom_annotation_infer(def->annotation, sizes[0] ? sizes : NULL, n_in, in_ndim,
                                            (const int64_t(*)[LOOM_MAX_DIMS])in_shapes, &n_out,
                                            out_ndim, out_shapes);
+    if (st == 0 && def->shape) def->shape(&n, in_shapes[0], in_ndim[0], out_shapes[0]);
     if (st < 0) {
         loom__error_prefix("%s in module '%s'", def->signature, g->scope[0] ? g->scope : "(top)");
         return loom__graph_fail(g, st), -1;

@@ -28,6 +28,14 @@ typedef enum loom_op {
     LOOM_OP_CROSS_ENTROPY,
     LOOM_OP_SLICE,
     LOOM_OP_SUM,
+    LOOM_OP_CHUNK,
+    LOOM_OP_BIAS_ADD,
+    LOOM_OP_LINEAR_KN,      // GPT-2 Conv1D layout without bias (row-parallel c_proj)
+    // Communication ops: they appear only in the local graphs of parallel plans.
+    LOOM_OP_ALL_REDUCE,     // Partial -> Replicate; backward: identity (scaled)
+    LOOM_OP_GRAD_SYNC,      // Replicate consumed by a split op: identity; backward: all-reduce
+    LOOM_OP_ALL_GATHER,     // Shard -> Replicate; backward: take the local shard
+    LOOM_OP_SHARD_SLICE,    // Replicate -> Shard (local slice); backward: all-gather
     LOOM_OP_COUNT
 } loom_op;
 
@@ -38,6 +46,7 @@ enum {
     LOOM_OPF_CUSTOM_SPLIT = 1u << 2,       // splitting its reduce dim needs more than a partial
                                            // sum (see split_note)
     LOOM_OPF_MUTATES_STATE = 1u << 3,      // writes into STATE inputs
+    LOOM_OPF_COMM = 1u << 4,               // communicates over the node's group (ai[3])
 };
 
 typedef struct loom_node loom_node;
@@ -58,6 +67,8 @@ typedef struct loom_op_def {
     void (*sizes)(const loom_node *n, char *buf, size_t cap);
     // FLOPs of the forward and of the backward (NULL: one per output element / twice that).
     double (*flops)(const loom_graph *g, const loom_node *n, bool backward);
+    // Output shape rule for ops the annotation cannot describe (comm ops); NULL: annotation.
+    void (*shape)(const loom_node *n, const int64_t *in_shape, int in_ndim, int64_t *out_shape);
 } loom_op_def;
 
 const loom_op_def *loom__op_def(loom_op op);

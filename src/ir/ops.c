@@ -7,6 +7,11 @@
 //   attention(_cached)   ai[0] n_head            ai[1] n_kv_head
 //   cross_entropy        ai[0] ignore_index
 //   slice                ai[0] start             ai[1] length
+//   chunk                ai[0] chunks            ai[1] index
+//   embedding            ai[0] first row held    ai[1] full vocabulary (0: not split)
+//   cross_entropy        ai[1] first column held ai[2] full vocabulary (0: not split)
+//   comm ops             ai[0] dim               ai[1] chunks   ai[2] group size
+//                        ai[3] group (0: the unit's devices)    af[0] scale (all_reduce)
 
 #include "ir/ir.h"
 
@@ -24,6 +29,19 @@ static void attention_sizes(const loom_node *n, char *buf, size_t cap) {
 
 static void rope_sizes(const loom_node *n, char *buf, size_t cap) {
     snprintf(buf, cap, "h=%lld", (long long)n->ai[0]);
+}
+
+static void chunk_sizes(const loom_node *n, char *buf, size_t cap) {
+    snprintf(buf, cap, "f=%lld", (long long)n->ai[0]);
+}
+
+// Comm ops keep the shape except along ai[0], which all-gather multiplies by the group size
+// and shard-slice divides by it.
+static void comm_shape(const loom_node *n, const int64_t *in_shape, int ndim, int64_t *out) {
+    for (int i = 0; i < ndim; i++) out[i] = in_shape[i];
+    int64_t P = n->ai[2];
+    if (n->op == LOOM_OP_ALL_GATHER) out[n->ai[0]] *= P;
+    if (n->op == LOOM_OP_SHARD_SLICE) out[n->ai[0]] /= P;
 }
 
 static void slice_sizes(const loom_node *n, char *buf, size_t cap) {
@@ -108,6 +126,20 @@ static const loom_op_def op_table[LOOM_OP_COUNT] = {
     [LOOM_OP_SLICE] = {"loom.slice", "* c^ -> * s^", "f", 0, 0, 0, B(0), NULL, slice_sizes,
                        NULL},
     [LOOM_OP_SUM] = {"loom.sum", "* -> 1", "f", 0, 0, 0, B(0), NULL, NULL, NULL},
+    [LOOM_OP_CHUNK] = {"loom.chunk", "* (f^ n) -> * n", "f", 0, 0, 0, B(0), NULL, chunk_sizes,
+                       NULL},
+    [LOOM_OP_LINEAR_KN] = {"loom.linear_kn", "* k+, k+ n -> * n", "ff", 0, B(0) | B(1), 0,
+                           B(0) | B(1), NULL, NULL, product_flops},
+    [LOOM_OP_BIAS_ADD] = {"loom.bias_add", "* n, n -> * n", "ff", 0, 0, 0, B(0) | B(1), NULL,
+                          NULL, NULL},
+    [LOOM_OP_ALL_REDUCE] = {"loom.all_reduce", "* -> *", "f", LOOM_OPF_COMM, 0, 0, B(0), NULL,
+                            NULL, NULL, comm_shape},
+    [LOOM_OP_GRAD_SYNC] = {"loom.grad_sync", "* -> *", "f", LOOM_OPF_COMM, 0, 0, B(0), NULL,
+                           NULL, NULL, comm_shape},
+    [LOOM_OP_ALL_GATHER] = {"loom.all_gather", "* -> *", "f", LOOM_OPF_COMM, 0, 0, B(0), NULL,
+                            NULL, NULL, comm_shape},
+    [LOOM_OP_SHARD_SLICE] = {"loom.shard_slice", "* -> *", "f", LOOM_OPF_COMM, 0, 0, B(0), NULL,
+                             NULL, NULL, comm_shape},
 };
 
 #undef B
@@ -234,6 +266,17 @@ loom_value loom_cross_entropy(loom_graph_t g, loom_value logits, loom_value targ
 
 loom_value loom_sum(loom_graph_t g, loom_value x) {
     return add1(g, LOOM_OP_SUM, 1, &x, NULL, NULL);
+}
+
+loom_value loom_chunk(loom_graph_t g, loom_value x, int chunks, int index) {
+    if (g->status) return LOOM_NONE;
+    if (chunks <= 0 || index < 0 || index >= chunks)
+        return invalid(g, "loom.chunk", "index must be in [0, chunks)");
+    return add1(g, LOOM_OP_CHUNK, 1, &x, (int64_t[4]){chunks, index, 0, 0}, NULL);
+}
+
+loom_value loom_bias_add(loom_graph_t g, loom_value x, loom_value bias) {
+    return add1(g, LOOM_OP_BIAS_ADD, 2, (loom_value[]){x, bias}, NULL, NULL);
 }
 
 loom_value loom_slice(loom_graph_t g, loom_value x, int64_t start, int64_t len) {

@@ -191,6 +191,8 @@ loom_status loom__lower(const loom_graph *g, const loom_lower_options *opt, loom
     int body_end = p->n_instr;
     for (int m = 1; m < p->micro_batches; m++) LOOM_CHECK_GOTO(push_body(p, &cap, g, m), st, fail);
     if (p->train) {
+        if (opt->dp_sync)
+            LOOM_CHECK_GOTO(push_instr(p, &cap, LOOM_INSTR_DP_SYNC, -1, 0), st, fail);
         LOOM_CHECK_GOTO(push_instr(p, &cap, LOOM_INSTR_CLIP_GRADS, -1, 0), st, fail);
         LOOM_CHECK_GOTO(push_instr(p, &cap, LOOM_INSTR_OPTIMIZER_STEP, -1, 0), st, fail);
     }
@@ -256,7 +258,8 @@ void loom__program_free(loom_program *p) {
 
 const char *loom__instr_name(loom_instr_kind kind) {
     static const char *kinds[] = {"zero_grads", "load_batch", "seed_grad", "record_loss",
-                                  "forward", "backward", "clip_grads", "optimizer_step"};
+                                  "forward", "backward", "dp_sync", "clip_grads",
+                                  "optimizer_step"};
     return (unsigned)kind < LOOM_INSTR_COUNT ? kinds[kind] : "?";
 }
 

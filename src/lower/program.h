@@ -17,6 +17,7 @@ typedef enum loom_instr_kind {
     LOOM_INSTR_RECORD_LOSS,     // add this micro-batch's loss to the step's running sum
     LOOM_INSTR_FORWARD,         // run node `node`
     LOOM_INSTR_BACKWARD,        // run backward node `node`; acc_mask bit k: output k accumulates
+    LOOM_INSTR_DP_SYNC,         // average the parameter gradients over the data-parallel group
     LOOM_INSTR_CLIP_GRADS,      // global gradient norm and clipping scale
     LOOM_INSTR_OPTIMIZER_STEP,  // update every parameter
     LOOM_INSTR_COUNT
@@ -43,6 +44,7 @@ typedef enum loom_region {
 typedef struct loom_lower_options {
     int train;           // 1: forward + backward + optimizer; 0: forward only
     int micro_batches;   // gradient accumulation steps (>= 1)
+    int dp_sync;         // 1: gradients are averaged over data-parallel replicas each step
 } loom_lower_options;
 
 typedef struct loom_program {

@@ -9,6 +9,19 @@
 
 #include <jansson.h>
 
+// One row of a family's tensor-parallel policy table (the Parallelformers idea): ops of
+// `signature` whose module path ends with `module` are split along annotation identifier
+// `split`; `chunks` > 1 marks a fused axis (GPT-2's c_attn holds q|k|v: 3 chunks).
+// Special splits: "heads" (attention: kv groups when they divide, else query heads with k/v
+// replicated), "kv_n" (k/v projections: output features when the kv heads divide, else
+// replicated), "vocab" (vocabulary-parallel when the degree divides it, else replicated).
+typedef struct loom_tp_rule {
+    const char *module;
+    const char *signature;
+    const char *split;
+    int chunks;
+} loom_tp_rule;
+
 typedef struct loom_family_i {
     const char *name;
     const char *const *model_types;  // NULL-terminated; the first is the default
@@ -28,6 +41,8 @@ typedef struct loom_family_i {
     const char *(*file_to_param)(const char *file_name, char *buf, size_t cap);
     // Name to write a parameter under in a saved file.
     const char *(*param_to_file)(const char *name, char *buf, size_t cap);
+    // Megatron tensor-parallel layout, terminated by a NULL module.
+    const loom_tp_rule *tp_rules;
 } loom_family_i;
 
 const loom_family_i *loom__family(loom_family f);

@@ -97,8 +97,8 @@ static loom_value gpt2_block(const loom_model_config *c, loom_graph_t g, int l, 
     loom_value qkv = loom_conv1d(g, h, PARAM("attn.c_attn.weight", C, 3 * C),
                                  PARAM("attn.c_attn.bias", 3 * C));  // (B, T, 3C)
     loom_graph_pop_scope(g);
-    loom_value q = loom_slice(g, qkv, 0, C), k = loom_slice(g, qkv, C, C);
-    loom_value v = loom_slice(g, qkv, 2 * C, C);
+    loom_value q = loom_chunk(g, qkv, 3, 0), k = loom_chunk(g, qkv, 3, 1);
+    loom_value v = loom_chunk(g, qkv, 3, 2);
     loom_value a;
     if (mode == LOOM_GRAPH_DECODE) {
         int64_t cache_shape[3] = {B, cache_len, C};
@@ -207,6 +207,18 @@ static const char *gpt2_param_to_file(const char *name, char *buf, size_t cap) {
     return buf;
 }
 
+static const loom_tp_rule gpt2_tp_rules[] = {
+    {"wte", "loom.embedding", "vocab", 1},
+    {"attn.c_attn", "loom.conv1d", "n", 3},  // q|k|v fused in one weight: split inside each
+    {"attn", "loom.attention", "heads", 1},
+    {"attn.c_proj", "loom.conv1d", "k", 1},
+    {"mlp.c_fc", "loom.conv1d", "n", 1},
+    {"mlp.c_proj", "loom.conv1d", "k", 1},
+    {"lm_head", "loom.linear", "vocab", 1},
+    {"", "loom.cross_entropy", "vocab", 1},
+    {NULL, NULL, NULL, 0},
+};
+
 const loom_family_i loom__family_gpt2 = {
     .name = "gpt2",
     .model_types = gpt2_types,
@@ -218,4 +230,5 @@ const loom_family_i loom__family_gpt2 = {
     .init = gpt2_init,
     .file_to_param = gpt2_file_to_param,
     .param_to_file = gpt2_param_to_file,
+    .tp_rules = gpt2_tp_rules,
 };

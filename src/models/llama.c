@@ -221,6 +221,25 @@ static const char *llama_param_to_file(const char *name, char *buf, size_t cap) 
     return buf;
 }
 
+static const loom_tp_rule llama_tp_rules[] = {
+    {"model.embed_tokens", "loom.embedding", "vocab", 1},
+    {"self_attn.q_proj", "loom.linear", "n", 1},
+    {"self_attn.q_proj", "loom.linear_bias", "n", 1},
+    {"self_attn.k_proj", "loom.linear", "kv_n", 1},
+    {"self_attn.k_proj", "loom.linear_bias", "kv_n", 1},
+    {"self_attn.v_proj", "loom.linear", "kv_n", 1},
+    {"self_attn.v_proj", "loom.linear_bias", "kv_n", 1},
+    {"self_attn", "loom.attention", "heads", 1},
+    {"self_attn.o_proj", "loom.linear", "k", 1},
+    {"self_attn.o_proj", "loom.linear_bias", "k", 1},
+    {"mlp.gate_proj", "loom.linear", "n", 1},
+    {"mlp.up_proj", "loom.linear", "n", 1},
+    {"mlp.down_proj", "loom.linear", "k", 1},
+    {"lm_head", "loom.linear", "vocab", 1},
+    {"", "loom.cross_entropy", "vocab", 1},
+    {NULL, NULL, NULL, 0},
+};
+
 const loom_family_i loom__family_llama = {
     .name = "llama",
     .model_types = llama_types,
@@ -232,4 +251,5 @@ const loom_family_i loom__family_llama = {
     .init = llama_init,
     .file_to_param = llama_file_to_param,
     .param_to_file = llama_param_to_file,
+    .tp_rules = llama_tp_rules,
 };

@@ -62,6 +62,7 @@ void loom__runner_free(loom_runner *r) {
     loom__free_aligned(r->opt_v);
     loom__free(r->ptr);
     loom__free(r->batch_src);
+    loom__free(r->norm_skip);
     loom__program_free(r->prog);
     loom__free(r);
 }
@@ -87,11 +88,40 @@ static size_t param_floats(const loom_runner *r) {
     return r->prog->region_bytes[LOOM_REGION_PARAM] / sizeof(float);
 }
 
-// Global gradient norm over all parameters; the scale that clips it (torch clip_grad_norm_).
-static void clip_grads(loom_runner *r) {
+// Global gradient norm over all parameters (torch clip_grad_norm_). In a unit of several
+// ranks each shard counts once and each replicated gradient on one rank only.
+static loom_status clip_grads(loom_runner *r) {
     float *grads = r->region[LOOM_REGION_PARAM_GRAD];
-    double norm = sqrt(r->be->sum_squares(grads, (int64_t)param_floats(r)));
-    r->last_grad_norm = (float)norm;
+    double sumsq;
+    if (!r->kernel.comm || !r->norm_skip) {
+        sumsq = r->be->sum_squares(grads, (int64_t)param_floats(r));
+    } else {
+        const loom_program *p = r->prog;
+        float partial = 0;
+        double local = 0;
+        for (int i = 0; i < p->n_params; i++) {
+            if (r->norm_skip[i]) continue;
+            loom_value v = p->params[i];
+            local += r->be->sum_squares(grads + p->offset[v] / sizeof(float),
+                                        loom__value_numel(p->graph, v));
+        }
+        partial = (float)local;
+        LOOM_CHECK(loom_comm_all_reduce(r->kernel.comm, &partial, &partial, 1, LOOM_DTYPE_F32,
+                                        LOOM_REDUCE_SUM));
+        sumsq = partial;
+    }
+    r->last_grad_norm = (float)sqrt(sumsq);
+    return LOOM_OK;
+}
+
+// Average the parameter gradients over the data-parallel replicas (one flat all-reduce).
+static loom_status dp_sync(loom_runner *r) {
+    if (!r->dp_comm || loom_comm_size(r->dp_comm) == 1) return LOOM_OK;
+    float *grads = r->region[LOOM_REGION_PARAM_GRAD];
+    size_t n = param_floats(r);
+    LOOM_CHECK(loom_comm_all_reduce(r->dp_comm, grads, grads, n, LOOM_DTYPE_F32, LOOM_REDUCE_SUM));
+    r->be->scale(grads, 1.0f / (float)loom_comm_size(r->dp_comm), (int64_t)n);
+    return LOOM_OK;
 }
 
 static loom_status optimizer_step(loom_runner *r) {
@@ -158,7 +188,8 @@ loom_status loom__runner_run(loom_runner *r) {
         case LOOM_INSTR_BACKWARD:
             LOOM_CHECK(r->be->backward(g, &g->nodes[in->node], in->acc_mask, r->ptr, &r->kernel));
             break;
-        case LOOM_INSTR_CLIP_GRADS: clip_grads(r); break;
+        case LOOM_INSTR_DP_SYNC: LOOM_CHECK(dp_sync(r)); break;
+        case LOOM_INSTR_CLIP_GRADS: LOOM_CHECK(clip_grads(r)); break;
         case LOOM_INSTR_OPTIMIZER_STEP:
             if (!r->skip_update) LOOM_CHECK(optimizer_step(r));
             break;

@@ -26,6 +26,11 @@ typedef struct loom_runner {
     float last_grad_norm;
     double loss_sum;  // sum of the micro-batch losses of the current step
     int skip_update;  // run forward and backward only (gradients stay readable)
+    // Parallel runs: kernel.comm is the unit's communicator; dp_comm the data-parallel group.
+    loom_comm_t dp_comm;
+    // Per parameter (program order): 1 when this rank's gradient is a replica another rank of
+    // the unit already counts in the global norm.
+    uint8_t *norm_skip;
     // Per-op profile (seconds, forward and backward), when profiling.
     int profile;
     double op_seconds[LOOM_OP_COUNT][2];

@@ -2,6 +2,8 @@
 
 #include "cli.h"
 
+#include "loom/parallel.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +29,15 @@ static void print_help(void) {
            "  --eps X                AdamW epsilon (default 1e-8)\n"
            "  --momentum X           SGD momentum (default 0)\n"
            "  --grad-clip X          max global gradient norm, 0 = off (default 1.0)\n"
-           "  --threads N            CPU threads (default: all cores)\n"
+           "  --threads N            CPU threads (default: all cores; per rank: cores / ranks)\n"
+           "parallel:\n"
+           "  --devices N            ranks in all (default 1); --batch is the global batch\n"
+           "  --plan-devices P       ranks holding one model copy (default: 1 with --policy dp,\n"
+           "                         N otherwise); the N / P copies run data parallel\n"
+           "  --policy dp|tp|data    inside a copy: replicate (dp), Megatron tensor parallel\n"
+           "                         (tp) or split every op on the batch (data); default dp\n"
+           "  --comm local|mpi       ranks as threads of this process (local, default) or one\n"
+           "                         process per rank under mpirun (chosen by itself there)\n"
            "output:\n"
            "  --save DIR             write a Hugging Face directory (config.json +\n"
            "                         model.safetensors) after training\n"
@@ -55,7 +65,12 @@ int cmd_train(int argc, char **argv) {
         {"grad-clip", required_argument, 0, 0}, {"threads", required_argument, 0, 0},
         {"save", required_argument, 0, 0}, {"log-json", no_argument, 0, 0},
         {"sample", required_argument, 0, 0}, {"prompt", required_argument, 0, 0},
-        {"profile", no_argument, 0, 0}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"profile", no_argument, 0, 0}, {"devices", required_argument, 0, 0},
+        {"plan-devices", required_argument, 0, 0}, {"policy", required_argument, 0, 0},
+        {"comm", required_argument, 0, 0}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    loom_compute_config cc = loom_compute_config_default();
+    int plan_devices = 0;
+    const char *policy = "dp", *comm = NULL;
     const char *name, *arg;
     while ((name = cli_next_option(&c, argc, argv, opts, &arg))) {
         if (!strcmp(name, "help")) {
@@ -82,6 +97,10 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "sample")) sample = cli_int(&c, name, arg, 0, 1 << 20);
         else if (!strcmp(name, "prompt")) prompt = arg;
         else if (!strcmp(name, "profile")) profile = 1;
+        else if (!strcmp(name, "devices")) cc.runtime_ndevices = cli_int(&c, name, arg, 1, 1 << 16);
+        else if (!strcmp(name, "plan-devices")) plan_devices = cli_int(&c, name, arg, 1, 1 << 16);
+        else if (!strcmp(name, "policy")) policy = arg;
+        else if (!strcmp(name, "comm")) comm = arg;
     }
     cli_model_check(&c, &mo);
     if (!data) cli_usage_error(&c, "--data FILE is required");
@@ -89,6 +108,19 @@ int cmd_train(int argc, char **argv) {
     else if (!strcmp(optimizer, "sgd")) tc.optimizer = LOOM_OPTIM_SGD;
     else cli_usage_error(&c, "--optimizer: '%s' is not adamw or sgd", optimizer);
     tc.profile = profile;
+    if (loom_policy_from_name(policy) < 0)
+        cli_usage_error(&c, "--policy: '%s' is not dp, tp or data", policy);
+    cc.policy = (loom_policy)loom_policy_from_name(policy);
+    if (comm && strcmp(comm, "local") && strcmp(comm, "mpi"))
+        cli_usage_error(&c, "--comm: '%s' is not local or mpi", comm);
+    cc.comm = (comm ? !strcmp(comm, "mpi") : loom_comm_mpi_launched()) ? LOOM_COMM_MPI
+                                                                        : LOOM_COMM_LOCAL;
+    cc.plan_ndevices = plan_devices ? plan_devices
+                       : cc.policy == LOOM_POLICY_DP ? 1 : cc.runtime_ndevices;
+    if (cc.runtime_ndevices % cc.plan_ndevices)
+        cli_usage_error(&c, "--devices %d is not a multiple of --plan-devices %d",
+                        cc.runtime_ndevices, cc.plan_ndevices);
+    int parallel = cc.runtime_ndevices > 1 || cc.comm == LOOM_COMM_MPI;
 
     loom_tokens_t tokens = NULL;
     if (loom_tokens_open(data, &tokens) < 0) return cli_fail("train", "reading the data");
@@ -97,6 +129,9 @@ int cmd_train(int argc, char **argv) {
     const loom_model_config *mc = loom_model_get_config(model);
     int rc = 1;
     loom_trainer_t trainer = NULL;
+    loom_parallel_t par = NULL;
+    int rank = 0;
+    FILE *info = stderr;
     int32_t *inputs = NULL, *targets = NULL;
     if (loom_tokens_max_token(tokens) >= mc->vocab_size) {
         fprintf(stderr, "loom train: %s holds token id %d but the model's vocabulary has %d "
@@ -109,19 +144,29 @@ int cmd_train(int argc, char **argv) {
                 tc.seq, mc->max_seq);
         goto done;
     }
-    if (loom_trainer_create(model, &tc, &trainer) < 0) {
+    if (parallel ? loom_parallelize(model, &cc, &tc, &par) < 0
+                 : loom_trainer_create(model, &tc, &trainer) < 0) {
         rc = cli_fail("train", "preparing the training program");
         goto done;
     }
-    loom_memory_stats mem = loom_trainer_memory(trainer);
-    fprintf(stderr, "model: %s, %d layers, %d wide, %d heads (%d kv), vocab %d, %.2fM parameters\n",
+    if (par) rank = loom_parallel_rank(par);
+    // Under mpirun every process runs this; only rank 0 talks.
+    if (rank != 0) log_json = 0;
+    if (rank != 0) info = fopen("/dev/null", "w");
+    if (!info) info = stderr;
+    loom_memory_stats mem = par ? loom_parallel_memory(par, rank) : loom_trainer_memory(trainer);
+    fprintf(info, "model: %s, %d layers, %d wide, %d heads (%d kv), vocab %d, %.2fM parameters\n",
             mc->model_type, mc->n_layer, mc->n_embd, mc->n_head, mc->n_kv_head, mc->vocab_size,
             (double)loom_model_n_params(model) / 1e6);
-    fprintf(stderr, "data: %s, %lld tokens%s\n", data, (long long)loom_tokens_count(tokens),
+    fprintf(info, "data: %s, %lld tokens%s\n", data, (long long)loom_tokens_count(tokens),
             loom_tokens_is_text(tokens) ? " (bytes of text)" : "");
-    fprintf(stderr, "memory: parameters %.1f MB, gradients %.1f MB, optimizer %.1f MB, "
-            "activations %.1f MB (planned)\n", mem.parameters / 1e6, mem.gradients / 1e6,
-            mem.optimizer / 1e6, mem.activations / 1e6);
+    if (par) {
+        loom_parallel_print_allocation(par, info);
+    } else {
+        fprintf(info, "memory: parameters %.1f MB, gradients %.1f MB, optimizer %.1f MB, "
+                "activations %.1f MB (planned)\n", mem.parameters / 1e6, mem.gradients / 1e6,
+                mem.optimizer / 1e6, mem.activations / 1e6);
+    }
     size_t per_step = (size_t)tc.grad_accum * tc.batch * tc.seq;
     inputs = malloc(per_step * sizeof(int32_t));
     targets = malloc(per_step * sizeof(int32_t));
@@ -142,7 +187,8 @@ int cmd_train(int argc, char **argv) {
             }
         }
         loom_step_stats s;
-        if (loom_trainer_step(trainer, inputs, targets, &s) < 0) {
+        if ((par ? loom_parallel_step(par, inputs, targets, &s)
+                 : loom_trainer_step(trainer, inputs, targets, &s)) < 0) {
             if (!log_json) cli_progress_done(&progress);
             rc = cli_fail("train", "training step");
             goto done;
@@ -152,16 +198,24 @@ int cmd_train(int argc, char **argv) {
                    "\"ms\": %.2f}\n", step + 1, (double)s.loss, (double)s.grad_norm,
                    s.tokens_per_s, s.seconds * 1e3);
             fflush(stdout);
-        } else {
+        } else if (rank == 0) {
             cli_progress_step(&progress, step + 1, s.loss, s.tokens_per_s);
         }
     }
-    if (!log_json) cli_progress_done(&progress);
+    if (!log_json && rank == 0) cli_progress_done(&progress);
     double elapsed = cli_now() - started;
     if (steps > 0)
-        fprintf(stderr, "trained %d steps in %.1f s (%.0f tokens/s)\n", steps, elapsed,
+        fprintf(info, "trained %d steps in %.1f s (%.0f tokens/s)\n", steps, elapsed,
                 (double)steps * (double)per_step / elapsed);
-    if (profile) loom_trainer_profile(trainer, stderr);
+    if (profile && trainer) loom_trainer_profile(trainer, stderr);
+    if (par && (save || sample > 0) && loom_parallel_sync_model(par) < 0) {
+        rc = cli_fail("train", "merging the parameters");
+        goto done;
+    }
+    if (rank != 0) {  // the merged model lives on rank 0
+        rc = 0;
+        goto done;
+    }
     if (save) {
         if (loom_model_save(model, save) < 0) {
             rc = cli_fail("train", "saving the model");
@@ -201,7 +255,9 @@ int cmd_train(int argc, char **argv) {
 done:
     free(inputs);
     free(targets);
+    if (info && info != stderr) fclose(info);
     loom_trainer_free(trainer);
+    loom_parallel_free(par);
     loom_model_free(model);
     loom_tokens_close(tokens);
     return rc;

@@ -47,6 +47,19 @@ static void bias_grad(float *dbias, const float *dout, int64_t M, int64_t N, int
     }
 }
 
+void loom_cpu_bias_add_forward(float *out, const float *x, const float *bias, int64_t M,
+                               int64_t N) {
+    #pragma omp parallel for schedule(static) if (M * N > PARALLEL_MIN_ELEMS)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) out[m * N + n] = x[m * N + n] + bias[n];
+}
+
+void loom_cpu_bias_add_backward(float *dx, float *dbias, const float *dout, int64_t M, int64_t N,
+                                int acc_dx, int acc_dbias) {
+    if (dx) loom_cpu_add_backward(dx, NULL, dout, M * N, acc_dx, 0);
+    if (dbias) bias_grad(dbias, dout, M, N, acc_dbias);
+}
+
 void loom_cpu_linear_backward(float *dinp, float *dweight, float *dbias,
                               const float *dout, const float *inp, const float *weight,
                               int64_t M, int64_t K, int64_t N, int weight_kn,

@@ -36,6 +36,14 @@ void loom_cpu_linear_backward(float *dinp, float *dweight, float *dbias,
                               int64_t M, int64_t K, int64_t N, int weight_kn,
                               int acc_dinp, int acc_dweight, int acc_dbias);
 
+// out (M, N) = x (M, N) + bias (N), broadcast over rows (the bias a row-parallel linear adds
+// once, after its partial sums are reduced). out may alias x.
+void loom_cpu_bias_add_forward(float *out, const float *x, const float *bias, int64_t M,
+                               int64_t N);
+// dx = dout; dbias = sum over rows of dout (deterministic). Either may be NULL.
+void loom_cpu_bias_add_backward(float *dx, float *dbias, const float *dout, int64_t M, int64_t N,
+                                int acc_dx, int acc_dbias);
+
 // ---- batched matmul: out[b] = a[b] @ bm[b] -------------------------------------------------------
 
 // out (Bt, M, N) = a (Bt, M, K) @ bm (Bt, K, N).

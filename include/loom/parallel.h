@@ -1,0 +1,76 @@
+// Parallel training: a model split over devices by a plan, running as one program per rank.
+//
+//     loom_compute_config cc = loom_compute_config_default();
+//     cc.plan_ndevices = 2;          // tensor parallel inside a unit of 2 devices
+//     cc.runtime_ndevices = 4;       // 2 units, data parallel
+//     cc.policy = LOOM_POLICY_TP;
+//     loom_parallel_t par;
+//     loom_parallelize(model, &cc, &train_cfg, &par);
+//     loom_parallel_step(par, tokens, targets, &stats);   // global batch, as loom_trainer_step
+//     loom_parallel_sync_model(par);                      // merged parameters into `model`
+//
+// Every plan computes what one device computes (to fp32 round-off): tests compare losses and
+// merged parameters with the single-device trainer.
+
+#ifndef LOOM_PARALLEL_H
+#define LOOM_PARALLEL_H
+
+#include "loom/comm.h"
+#include "loom/train.h"
+
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum loom_policy {
+    LOOM_POLICY_DP = 0,  // every op replicated inside a unit; units run data parallel
+    LOOM_POLICY_TP,      // Megatron tensor parallelism (the family's policy table) in a unit
+    LOOM_POLICY_DATA,    // every op split on its batch dim inside a unit
+    LOOM_POLICY_COUNT
+} loom_policy;
+
+const char *loom_policy_name(loom_policy p);
+// "dp", "tp", "data" -> policy; -1 when unknown.
+int loom_policy_from_name(const char *name);
+
+typedef struct loom_compute_config {
+    int plan_ndevices;      // devices holding one copy of the model (a unit)
+    int runtime_ndevices;   // a multiple of plan_ndevices; the units run data parallel
+    loom_policy policy;
+    loom_comm_kind comm;    // LOOM_COMM_LOCAL: ranks are threads of this process
+    double timeout_s;       // a rank that stops answering fails the others after this
+} loom_compute_config;
+
+loom_compute_config loom_compute_config_default(void);
+
+typedef struct loom_parallel *loom_parallel_t;
+
+// Plan, lower and bind the model on runtime_ndevices ranks; copies the model's parameters into
+// the ranks' shards. Errors name the op, the module and the dim a plan cannot split.
+loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
+                             const loom_train_config *tc, loom_parallel_t *out);
+void loom_parallel_free(loom_parallel_t p);
+// One optimizer step. tokens, targets: (grad_accum, B, T) with B the global batch (tc->batch),
+// split over the units; B must divide by the number of units (and by the unit size under the
+// data policy).
+loom_status loom_parallel_step(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
+                               loom_step_stats *stats);
+// Write the merged (global) parameters back into the model. Collective: under mpi every process
+// calls it and the process of rank 0 gets the merged parameters.
+loom_status loom_parallel_sync_model(loom_parallel_t p);
+// This process's first rank (0 with the local comm).
+int loom_parallel_rank(loom_parallel_t p);
+// Bytes a rank this process holds keeps: parameters, gradients, optimizer state, activations
+// (all zero for a rank held by another process).
+loom_memory_stats loom_parallel_memory(loom_parallel_t p, int rank);
+int loom_parallel_nranks(loom_parallel_t p);
+// The device allocation: a table of modules x ranks (which share of each module's parameters a
+// rank holds) and the bytes of parameters, gradients and optimizer state per rank.
+void loom_parallel_print_allocation(loom_parallel_t p, FILE *f);
+
+#ifdef __cplusplus
+}
+#endif
+#endif // LOOM_PARALLEL_H

@@ -1,0 +1,531 @@
+// MPI transport: one process per rank over OpenMPI. Every call is a non-blocking MPI operation
+// polled against a deadline, so a rank that stops answering yields LOOM_ERR_COMM, not a hang.
+//
+// Failure notices. Each loom MPI communicator owns two duplicates of the MPI communicator:
+// `data` for the calls and `control` for notices. loom_comm_abort, and a rank giving up on a
+// call after the timeout, send a short notice (MPI_Isend) to every other rank of every live
+// loom MPI communicator of the process; ranks look for notices (MPI_Iprobe) while they poll.
+// Guaranteed: the aborting rank's own later calls fail at once, and a peer that is inside (or
+// later enters) a loom call on one of those communicators fails within one poll of the notice's
+// arrival. Best effort only: delivery itself (a broken network loses notices; the peers then fail
+// at their own timeout). After a failure, the MPI operation of the failed call may stay pending
+// (MPI cannot cancel collectives): its buffers may still be written until the process exits.
+
+#include "comm/comm-impl.h"
+#include "core/core.h"
+
+#include <stdlib.h>
+
+int loom_comm_mpi_launched(void) {
+    if (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK")) return 1;
+    const char *ntasks = getenv("SLURM_NTASKS");
+    return getenv("SLURM_PROCID") && ntasks && atoi(ntasks) > 1;
+}
+
+#ifndef LOOM_HAVE_MPI
+
+int loom_comm_mpi_available(void) { return 0; }
+
+loom_status loom__comm_mpi_create(void *mpi_comm, const loom_comm_config *cfg, loom_comm_t *out) {
+    return loom__error(LOOM_ERR_UNSUPPORTED, "loom_comm_mpi_create: loom was built without MPI "
+                       "(install an MPI such as libopenmpi-dev and reconfigure), or use the "
+                       "local communicator");
+}
+
+#else
+
+#include <limits.h>
+#include <mpi.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#define NOTICE_TAG 1
+#define NOTICE_TEXT sizeof(((loom_comm_failure *)0)->reason)
+
+typedef struct mpi_notice {
+    char text[NOTICE_TEXT];  // self-contained reason: "rank 2 failed: <why>"
+} mpi_notice;
+
+typedef struct mpi_comm_data {
+    MPI_Comm data, control;
+    int rank, size;
+    int tag_ub;
+    loom_comm_failure failure;
+    int notified;  // our notices went out (once)
+    MPI_Request *notice_requests;
+    mpi_notice *notice_out;
+    struct mpi_comm_data *next;  // live list
+} mpi_comm_data;
+
+typedef struct mpi_request {
+    struct loom_comm_request base;
+    MPI_Request request;
+    loom_comm_args args;
+} mpi_request;
+
+// Live loom MPI communicators of this process, and whether loom initialized MPI.
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
+static mpi_comm_data *live_head;
+static int live_count;
+static int loom_initialized_mpi;
+
+int loom_comm_mpi_available(void) { return 1; }
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// Polling etiquette: spin briefly, then yield (ranks often share cores), then sleep a little.
+static void poll_pause(double waited_s) {
+    if (waited_s < 1e-4) return;
+    if (waited_s < 1e-2) {
+        sched_yield();
+        return;
+    }
+    struct timespec ts = {0, 50000};
+    nanosleep(&ts, NULL);
+}
+
+static void mpi_error_text(int rc, char *buf, size_t cap) {
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) len = 0;
+    text[len] = '\0';
+    snprintf(buf, cap, "MPI error %d: %s", rc, len ? text : "(no description)");
+}
+
+// Tell every other rank of d why it is unusable (once per communicator; best effort).
+static void send_notices(mpi_comm_data *d, const char *text) {
+    if (d->notified || d->size < 2) return;
+    d->notified = 1;
+    d->notice_requests = loom__calloc((size_t)d->size, sizeof *d->notice_requests);
+    d->notice_out = loom__calloc(1, sizeof *d->notice_out);
+    if (!d->notice_requests || !d->notice_out) return;
+    snprintf(d->notice_out->text, sizeof d->notice_out->text, "%s", text);
+    for (int q = 0; q < d->size; q++) {
+        d->notice_requests[q] = MPI_REQUEST_NULL;
+        if (q == d->rank) continue;
+        MPI_Isend(d->notice_out, (int)sizeof *d->notice_out, MPI_BYTE, q, NOTICE_TAG, d->control,
+                  &d->notice_requests[q]);
+    }
+}
+
+// Take delivered notices; returns whether d is failed.
+static int receive_notices(mpi_comm_data *d) {
+    for (;;) {
+        int flag = 0;
+        MPI_Status status;
+        if (MPI_Iprobe(MPI_ANY_SOURCE, NOTICE_TAG, d->control, &flag, &status) != MPI_SUCCESS ||
+            !flag) {
+            break;
+        }
+        mpi_notice notice;
+        if (MPI_Recv(&notice, (int)sizeof notice, MPI_BYTE, status.MPI_SOURCE, NOTICE_TAG,
+                     d->control, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+            break;
+        }
+        notice.text[sizeof notice.text - 1] = '\0';
+        loom__comm_failure_set(&d->failure, NULL, "%s", notice.text);
+    }
+    return d->failure.failed;
+}
+
+// Record an MPI error code as the communicator's failure and raise it.
+static loom_status fail_with_mpi_error(loom_comm_t c, const loom_comm_args *a, int rc) {
+    mpi_comm_data *d = c->transport;
+    char text[MPI_MAX_ERROR_STRING + 32];
+    mpi_error_text(rc, text, sizeof text);
+    loom__comm_failure_set(&d->failure, a, "%s", text);
+    return loom__comm_failure_raise(c, a, &d->failure);
+}
+
+// Wait for `req` (the MPI side of call `a`): done, a failure notice, an MPI error, or the
+// timeout, which poisons the communicator and tells the other ranks.
+static loom_status poll_request(loom_comm_t c, const loom_comm_args *a, MPI_Request *req,
+                                MPI_Status *status) {
+    mpi_comm_data *d = c->transport;
+    int collective = a->op != LOOM_COMM_OP_SEND && a->op != LOOM_COMM_OP_RECV;
+    double start = now_s(), deadline = start + c->cfg.timeout_s;
+    for (;;) {
+        int done = 0;
+        int rc = MPI_Test(req, &done, status);
+        if (rc != MPI_SUCCESS) return fail_with_mpi_error(c, a, rc);
+        if (done) return LOOM_OK;
+        if (receive_notices(d)) break;
+        double t = now_s();
+        if (t > deadline) {
+            char call[128];
+            loom__comm_describe(a, call, sizeof call);
+            if (collective) {
+                loom__comm_failure_set(&d->failure, a, "not complete after %.1f s: a rank "
+                                       "stopped answering or issued a different call",
+                                       c->cfg.timeout_s);
+            } else {
+                loom__comm_failure_set(&d->failure, NULL, "rank %d's %s did not complete "
+                                       "within %.1f s", c->rank, call, c->cfg.timeout_s);
+            }
+            char text[NOTICE_TEXT];
+            snprintf(text, sizeof text, "rank %d gave up on %s after %.1f s", c->rank, call,
+                     c->cfg.timeout_s);
+            send_notices(d, text);
+            break;
+        }
+        poll_pause(t - start);
+    }
+    // The operation stays pending inside MPI (collectives cannot be cancelled); a receive is
+    // cancelled so that it cannot write into the caller's buffer later.
+    if (a->op == LOOM_COMM_OP_RECV && MPI_Cancel(req) == MPI_SUCCESS) MPI_Request_free(req);
+    return loom__comm_failure_raise(c, a, &d->failure);
+}
+
+static MPI_Datatype mpi_type(loom_dtype dtype) {
+    switch (dtype) {
+    case LOOM_DTYPE_F32: return MPI_FLOAT;
+    case LOOM_DTYPE_I32: return MPI_INT32_T;
+    default: return MPI_UINT16_T;  // F16, BF16: moved, never reduced
+    }
+}
+
+// Start the MPI operation of `a`. *scratch: a buffer the operation writes instead of recv (the
+// result is copied out by finish_call), owned by the caller.
+static loom_status start_call(loom_comm_t c, const loom_comm_args *a, MPI_Request *req,
+                              void **scratch) {
+    mpi_comm_data *d = c->transport;
+    *scratch = NULL;
+    size_t limit = a->op == LOOM_COMM_OP_ALL_TO_ALL || a->op == LOOM_COMM_OP_ALL_GATHER
+                       ? (size_t)INT_MAX / (size_t)c->size
+                       : (size_t)INT_MAX;
+    if (a->count > limit) {
+        char call[128];
+        loom__comm_describe(a, call, sizeof call);
+        return loom__error(LOOM_ERR_UNSUPPORTED, "%s on rank %d: %zu elements exceed MPI's int "
+                           "counts; split the buffer into parts of at most %zu", call, c->rank,
+                           a->count, limit);
+    }
+    int n = (int)a->count;
+    size_t bytes = a->count * a->elem_size;
+    MPI_Datatype type = mpi_type(a->dtype);
+    MPI_Op op = a->reduce == LOOM_REDUCE_MAX ? MPI_MAX : MPI_SUM;
+    const char *in = a->send;
+    char *out = a->recv;
+    int rc = MPI_SUCCESS;
+    switch (a->op) {
+    case LOOM_COMM_OP_ALL_REDUCE:
+        rc = MPI_Iallreduce(in == out ? MPI_IN_PLACE : in, out, n, type, op, d->data, req);
+        break;
+    case LOOM_COMM_OP_REDUCE_SCATTER:
+        if (out == in + (size_t)c->rank * bytes) {  // in place: MPI forbids aliasing
+            *scratch = loom__malloc(bytes);
+            if (!*scratch) return LOOM_ERR_NOMEM;
+            out = *scratch;
+        }
+        rc = MPI_Ireduce_scatter_block(in, out, n, type, op, d->data, req);
+        break;
+    case LOOM_COMM_OP_ALL_GATHER:
+        rc = MPI_Iallgather(in == out + (size_t)c->rank * bytes ? MPI_IN_PLACE : in, n, type,
+                            out, n, type, d->data, req);
+        break;
+    case LOOM_COMM_OP_ALL_TO_ALL:
+        if (in == out) {
+            *scratch = loom__malloc(bytes * (size_t)c->size);
+            if (!*scratch) return LOOM_ERR_NOMEM;
+            memcpy(*scratch, in, bytes * (size_t)c->size);
+            in = *scratch;
+        }
+        rc = MPI_Ialltoall(in, n, type, out, n, type, d->data, req);
+        break;
+    case LOOM_COMM_OP_BROADCAST:
+        if (c->rank == a->root && in != out) memcpy(out, in, bytes);
+        rc = MPI_Ibcast(out, n, type, a->root, d->data, req);
+        break;
+    case LOOM_COMM_OP_BARRIER:
+        rc = MPI_Ibarrier(d->data, req);
+        break;
+    case LOOM_COMM_OP_SEND:
+        rc = MPI_Isend(in, n, type, a->peer, a->tag, d->data, req);
+        break;
+    case LOOM_COMM_OP_RECV:
+        rc = MPI_Irecv(out, n, type, a->peer, a->tag, d->data, req);
+        break;
+    default:
+        LOOM_ASSERT(0 && "not a call");
+    }
+    if (rc != MPI_SUCCESS) {
+        loom__free(*scratch);
+        *scratch = NULL;
+        return fail_with_mpi_error(c, a, rc);
+    }
+    return LOOM_OK;
+}
+
+// After the operation completed: copy out of scratch, check a receive's length.
+static loom_status finish_call(loom_comm_t c, const loom_comm_args *a, void *scratch,
+                               const MPI_Status *status) {
+    size_t bytes = a->count * a->elem_size;
+    if (scratch && a->op == LOOM_COMM_OP_REDUCE_SCATTER) memcpy(a->recv, scratch, bytes);
+    loom__free(scratch);
+    if (a->op == LOOM_COMM_OP_RECV) {
+        int got = 0;
+        MPI_Get_count(status, MPI_BYTE, &got);
+        if ((size_t)got != bytes) {
+            char call[128];
+            loom__comm_describe(a, call, sizeof call);
+            return loom__error(LOOM_ERR_INVALID, "%s on rank %d: expected %zu bytes but rank %d "
+                               "sent %d with this tag; the lengths and dtypes must match", call,
+                               c->rank, bytes, a->peer, got);
+        }
+    }
+    return LOOM_OK;
+}
+
+static loom_status mpi_run(loom_comm_t c, const loom_comm_args *a) {
+    mpi_comm_data *d = c->transport;
+    if (a->op == LOOM_COMM_OP_SEND || a->op == LOOM_COMM_OP_RECV) {
+        if (a->tag > d->tag_ub) {
+            return loom__error(LOOM_ERR_INVALID, "loom_comm_%s (rank %d): tag %d exceeds this "
+                               "MPI's largest tag %d", loom__comm_op_name(a->op), c->rank,
+                               a->tag, d->tag_ub);
+        }
+    }
+    if (receive_notices(d)) return loom__comm_failure_raise(c, a, &d->failure);
+    MPI_Request req = MPI_REQUEST_NULL;
+    MPI_Status status;
+    void *scratch = NULL;
+    LOOM_CHECK(start_call(c, a, &req, &scratch));
+    loom_status st = poll_request(c, a, &req, &status);
+    if (st < 0) return st;  // scratch may still be written by MPI: left to it
+    return finish_call(c, a, scratch, &status);
+}
+
+static loom_status mpi_start_async(loom_comm_t c, const loom_comm_args *a,
+                                   loom_comm_request_t *out) {
+    mpi_comm_data *d = c->transport;
+    if (receive_notices(d)) return loom__comm_failure_raise(c, a, &d->failure);
+    mpi_request *r = loom__calloc(1, sizeof *r);
+    if (!r) return LOOM_ERR_NOMEM;
+    r->base.comm = c;
+    r->args = *a;
+    void *scratch = NULL;  // an all-reduce needs none
+    loom_status st = start_call(c, a, &r->request, &scratch);
+    LOOM_ASSERT(!scratch);
+    if (st < 0) {
+        loom__free(r);
+        return st;
+    }
+    *out = &r->base;
+    return LOOM_OK;
+}
+
+static loom_status mpi_wait(loom_comm_request_t base) {
+    mpi_request *r = (mpi_request *)base;
+    MPI_Status status;
+    loom_status st = poll_request(base->comm, &r->args, &r->request, &status);
+    loom__free(r);
+    return st;
+}
+
+// ---- handles ------------------------------------------------------------------------------------
+
+static loom_status mpi_split(loom_comm_t c, const loom_comm_args *a, int color, int key,
+                             loom_comm_t *out);
+static void mpi_abort(loom_comm_t c, const char *why);
+static void mpi_destroy(loom_comm_t c);
+
+static const loom_comm_vtable mpi_vtable = {
+    .run = mpi_run,
+    .start_async = mpi_start_async,
+    .wait = mpi_wait,
+    .split = mpi_split,
+    .abort = mpi_abort,
+    .destroy = mpi_destroy,
+};
+
+// MPI_Comm_idup polled against the deadline (no notices exist yet).
+static loom_status dup_with_deadline(MPI_Comm base, double timeout_s, MPI_Comm *out,
+                                     const char *what) {
+    MPI_Request req;
+    int rc = MPI_Comm_idup(base, out, &req);
+    double start = now_s();
+    for (int done = 0; rc == MPI_SUCCESS && !done;) {
+        rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+        double t = now_s();
+        if (!done && t - start > timeout_s) {
+            return loom__error(LOOM_ERR_COMM, "%s: duplicating the MPI communicator did not "
+                               "complete within %.1f s: every rank must call it", what,
+                               timeout_s);
+        }
+        poll_pause(t - start);
+    }
+    if (rc != MPI_SUCCESS) {
+        char text[MPI_MAX_ERROR_STRING + 32];
+        mpi_error_text(rc, text, sizeof text);
+        return loom__error(LOOM_ERR_COMM, "%s: duplicating the MPI communicator: %s", what,
+                           text);
+    }
+    MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN);
+    return LOOM_OK;
+}
+
+static void live_add(mpi_comm_data *d) {
+    pthread_mutex_lock(&live_mu);
+    d->next = live_head;
+    live_head = d;
+    live_count++;
+    pthread_mutex_unlock(&live_mu);
+}
+
+// Removes d; returns whether loom should finalize MPI now (it was the last, and loom began it).
+static int live_remove(mpi_comm_data *d) {
+    pthread_mutex_lock(&live_mu);
+    for (mpi_comm_data **p = &live_head; *p; p = &(*p)->next) {
+        if (*p == d) {
+            *p = d->next;
+            live_count--;
+            break;
+        }
+    }
+    int finalize = live_count == 0 && loom_initialized_mpi;
+    if (finalize) loom_initialized_mpi = 0;
+    pthread_mutex_unlock(&live_mu);
+    return finalize;
+}
+
+static void finalize_if_ours(void) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+}
+
+// A loom communicator owning `data` (already a private duplicate): adds the control duplicate.
+static loom_status adopt(MPI_Comm data, const loom_comm_config *cfg, loom_comm_t *out,
+                         const char *what) {
+    mpi_comm_data *d = loom__calloc(1, sizeof *d);
+    if (!d) {
+        MPI_Comm_free(&data);
+        return LOOM_ERR_NOMEM;
+    }
+    d->data = data;
+    d->control = MPI_COMM_NULL;
+    MPI_Comm_set_errhandler(data, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(data, &d->rank);
+    MPI_Comm_size(data, &d->size);
+    int *tag_ub = NULL, flag = 0;
+    MPI_Comm_get_attr(data, MPI_TAG_UB, &tag_ub, &flag);
+    d->tag_ub = flag && tag_ub ? *tag_ub : 32767;
+    loom_status st = dup_with_deadline(data, cfg->timeout_s, &d->control, what);
+    loom_comm_t c = st < 0 ? NULL
+                           : loom__comm_new(&mpi_vtable, LOOM_COMM_MPI, d->rank, d->size, cfg, d);
+    if (!c) {
+        if (d->control != MPI_COMM_NULL) MPI_Comm_free(&d->control);
+        MPI_Comm_free(&d->data);
+        loom__free(d);
+        return st < 0 ? st : LOOM_ERR_NOMEM;
+    }
+    live_add(d);
+    *out = c;
+    return LOOM_OK;
+}
+
+loom_status loom__comm_mpi_create(void *mpi_comm, const loom_comm_config *cfg, loom_comm_t *out) {
+    static const char fn[] = "loom_comm_mpi_create";
+    int finalized = 0, initialized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized) {
+        return loom__error(LOOM_ERR_COMM, "%s: MPI is already finalized; create MPI "
+                           "communicators before MPI_Finalize (loom finalizes MPI itself when it "
+                           "initialized it and its last MPI communicator is destroyed)", fn);
+    }
+    MPI_Initialized(&initialized);
+    int began_mpi = 0;
+    if (!initialized) {
+        if (mpi_comm) {
+            return loom__error(LOOM_ERR_INVALID, "%s: an MPI communicator was given but MPI is "
+                               "not initialized", fn);
+        }
+        int provided = 0;
+        int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);
+        if (rc != MPI_SUCCESS) {
+            char text[MPI_MAX_ERROR_STRING + 32];
+            mpi_error_text(rc, text, sizeof text);
+            return loom__error(LOOM_ERR_COMM, "%s: MPI_Init_thread failed: %s", fn, text);
+        }
+        if (provided < MPI_THREAD_SERIALIZED) {
+            loom__log(LOOM_LOG_WARN, "MPI provides thread level %d only: call loom MPI "
+                      "communicators from the main thread", provided);
+        }
+        began_mpi = 1;
+    }
+    MPI_Comm base = mpi_comm ? *(MPI_Comm *)mpi_comm : MPI_COMM_WORLD;
+    MPI_Comm data = MPI_COMM_NULL;
+    loom_status st = dup_with_deadline(base, cfg->timeout_s, &data, fn);
+    if (st == LOOM_OK) st = adopt(data, cfg, out, fn);
+    if (began_mpi) {
+        if (st == LOOM_OK) {
+            pthread_mutex_lock(&live_mu);
+            loom_initialized_mpi = 1;
+            pthread_mutex_unlock(&live_mu);
+        } else {
+            MPI_Finalize();
+        }
+    }
+    return st;
+}
+
+// MPI_Comm_split is blocking, so a polled barrier goes first: a missing rank makes the barrier
+// time out instead of hanging the split.
+static loom_status mpi_split(loom_comm_t c, const loom_comm_args *a, int color, int key,
+                             loom_comm_t *out) {
+    mpi_comm_data *d = c->transport;
+    if (receive_notices(d)) return loom__comm_failure_raise(c, a, &d->failure);
+    MPI_Request req = MPI_REQUEST_NULL;
+    int rc = MPI_Ibarrier(d->data, &req);
+    if (rc != MPI_SUCCESS) return fail_with_mpi_error(c, a, rc);
+    LOOM_CHECK(poll_request(c, a, &req, MPI_STATUS_IGNORE));
+    MPI_Comm part = MPI_COMM_NULL;
+    rc = MPI_Comm_split(d->data, color < 0 ? MPI_UNDEFINED : color, key, &part);
+    if (rc != MPI_SUCCESS) return fail_with_mpi_error(c, a, rc);
+    if (part == MPI_COMM_NULL) return LOOM_OK;
+    return adopt(part, &c->cfg, out, "loom_comm_split");
+}
+
+// Poison every live loom MPI communicator of this process and notify their peers.
+static void mpi_abort(loom_comm_t c, const char *why) {
+    pthread_mutex_lock(&live_mu);
+    for (mpi_comm_data *d = live_head; d; d = d->next) {
+        loom__comm_failure_set(&d->failure, NULL, "rank %d failed: %s", d->rank, why);
+        send_notices(d, d->failure.reason);
+    }
+    pthread_mutex_unlock(&live_mu);
+}
+
+static void mpi_destroy(loom_comm_t c) {
+    mpi_comm_data *d = c->transport;
+    if (d->notice_requests) {
+        // Notices are tiny (sent eagerly); one that has not left yet is abandoned with its buffer.
+        int all_done = 1;
+        for (int q = 0; q < d->size; q++) {
+            int done = 0;
+            if (d->notice_requests[q] == MPI_REQUEST_NULL) continue;
+            MPI_Test(&d->notice_requests[q], &done, MPI_STATUS_IGNORE);
+            if (!done) {
+                MPI_Request_free(&d->notice_requests[q]);
+                all_done = 0;
+            }
+        }
+        loom__free(d->notice_requests);
+        if (all_done) loom__free(d->notice_out);
+    }
+    receive_notices(d);
+    MPI_Comm_free(&d->control);
+    MPI_Comm_free(&d->data);
+    int finalize = live_remove(d);
+    loom__free(d);
+    if (finalize) finalize_if_ours();
+}
+
+#endif // LOOM_HAVE_MPI

@@ -1,0 +1,84 @@
+// Plans: per-op sharding strategies over the devices of one unit, the placements they imply,
+// and the pass that turns a global graph into one rank's local graph with its communication.
+
+#ifndef LOOM_PLAN_PLAN_H
+#define LOOM_PLAN_PLAN_H
+
+#include "ir/annotation.h"
+#include "ir/ir.h"
+#include "loom/model.h"
+#include "loom/parallel.h"
+
+// Where a tensor lives on the unit's devices (one mesh axis).
+typedef enum loom_place_kind {
+    LOOM_PLACE_REPLICATE = 0,  // every rank holds all of it
+    LOOM_PLACE_SHARD,          // split along `dim`, viewed as (chunks, n), n split in parts
+    LOOM_PLACE_PARTIAL,        // every rank holds a partial sum; the value is scale * sum
+} loom_place_kind;
+
+typedef struct loom_placement {
+    loom_place_kind kind;
+    int dim;          // SHARD: the dim (of the global tensor)
+    int chunks;       // SHARD: fused chunks of that dim (GPT-2's q|k|v: 3)
+    float scale;      // PARTIAL: 1, or 1/parts for a mean of per-rank means
+} loom_placement;
+
+// How one op is split: by one identifier of its annotation (or the first '*' dim + `star_dim`).
+// LOOM_SPLIT_FOLLOW: decided while lowering, from how the inputs are already sharded.
+enum { LOOM_SPLIT_NONE = -1, LOOM_SPLIT_STAR = -2, LOOM_SPLIT_FOLLOW = -3 };
+typedef struct loom_strategy {
+    int id;           // annotation identifier index, LOOM_SPLIT_STAR, or LOOM_SPLIT_NONE
+    int star_dim;     // LOOM_SPLIT_STAR: which of the dims '*' covers
+    int chunks;       // fused chunks the policy sees in that dim (1: none)
+} loom_strategy;
+
+// The placements of a node's inputs and outputs under a strategy over `parts` ranks. Fails with
+// LOOM_ERR_SHAPE naming the op, the module, the tensor and the dim when a length does not
+// divide, and LOOM_ERR_INVALID when the identifier may not be split (frozen).
+loom_status loom__strategy_placements(const loom_graph *g, const loom_node *n,
+                                      const loom_strategy *s, int parts, loom_placement *in,
+                                      loom_placement *out);
+// The strategy that splits `n` the way input `input` is already sharded (elementwise ops,
+// rotary embeddings, chunks follow their producer), or LOOM_SPLIT_NONE.
+loom_strategy loom__strategy_follow(const loom_graph *g, const loom_node *n, int input,
+                                    const loom_placement *p);
+// The identifier of `n`'s annotation named `name`, or -1.
+int loom__strategy_find_id(const loom_node *n, const char *name);
+
+// A policy (loom/parallel.h) assigns a strategy to each forward node of a graph.
+typedef loom_policy loom_policy_kind;
+
+typedef struct loom_plan {
+    int parts;                 // devices in the unit (plan_ndevices)
+    loom_policy_kind policy;
+    int n_nodes;               // forward nodes of the global graph
+    loom_strategy *strategy;   // per global node
+} loom_plan;
+
+// Build a plan for `g` (forward nodes) with `parts` devices per unit. `cfg` (the model's config;
+// may be NULL except for tp) selects the family's tensor-parallel policy table.
+loom_status loom__plan_create(const loom_graph *g, loom_policy_kind policy, int parts,
+                              const loom_model_config *cfg, loom_plan *plan);
+void loom__plan_free(loom_plan *plan);
+
+// Where each global leaf (parameter, input) lives in a rank's local graph.
+typedef struct loom_local_leaf {
+    loom_value global, local;
+    loom_placement place;
+} loom_local_leaf;
+
+typedef struct loom_local_graph {
+    loom_graph_t graph;        // the rank's local forward + backward graph
+    loom_value loss;           // local loss (replicated), -1 when none
+    int n_leaves;
+    loom_local_leaf *leaves;   // parameters and inputs
+} loom_local_graph;
+
+// Rank `rank` of the unit's local graph: local shapes, localized attributes, and the
+// redistributions (comm ops) the placements need; then its backward. `global` must be a
+// forward graph (no backward) whose loss is `loss` (or -1 for inference).
+loom_status loom__parallelize(const loom_graph *global, loom_value loss, const loom_plan *plan,
+                              int rank, loom_local_graph *out);
+void loom__local_graph_free(loom_local_graph *lg);
+
+#endif // LOOM_PLAN_PLAN_H

@@ -1,0 +1,111 @@
+// Policies: dp (replicate inside the unit), data (split every op on its batch dim), and tp
+// (Megatron layout from the model family's policy table). Each assigns a strategy per node.
+
+#include "plan/plan.h"
+
+#include "core/core.h"
+#include "models/family.h"
+
+#include <string.h>
+
+// `pattern` names the module path or a suffix of it on dot boundaries ("" matches all).
+static int module_matches(const char *path, const char *pattern) {
+    size_t n = strlen(path), m = strlen(pattern);
+    if (m == 0) return 1;
+    if (m > n || strcmp(path + n - m, pattern) != 0) return 0;
+    return m == n || path[n - m - 1] == '.';
+}
+
+static loom_strategy split_by(const loom_node *n, const char *id, int chunks) {
+    int k = loom__strategy_find_id(n, id);
+    LOOM_ASSERT(k >= 0);  // policy tables name identifiers of their ops' annotations
+    return (loom_strategy){k, 0, chunks};
+}
+
+// Batch split: the first '*' dim when input 0 has one, else its 'b'.
+static loom_strategy data_strategy(const loom_node *n) {
+    if (strchr(loom__op_def(n->op)->annotation, '*') &&
+        strncmp(loom__op_def(n->op)->annotation, "*", 1) == 0)
+        return (loom_strategy){LOOM_SPLIT_STAR, 0, 1};
+    int b = loom__strategy_find_id(n, "b");
+    if (b >= 0) return (loom_strategy){b, 0, 1};
+    return (loom_strategy){LOOM_SPLIT_NONE, 0, 1};
+}
+
+static loom_status tp_strategy(const loom_graph *g, const loom_node *n, const loom_tp_rule *rule,
+                               int parts, const loom_model_config *cfg, loom_strategy *s) {
+    const char *split = rule->split;
+    if (!strcmp(split, "heads")) {
+        int64_t heads = n->ai[0], groups = n->ai[1], per_group = heads / groups;
+        if (groups % parts == 0) *s = split_by(n, "g", 1);
+        else if (per_group % parts == 0) *s = split_by(n, "r", 1);  // k and v replicated
+        else
+            return loom__error(LOOM_ERR_SHAPE,
+                               "tensor parallel degree %d divides neither the %lld key/value "
+                               "heads nor the %lld query heads per key/value head (module '%s'); "
+                               "choose a degree that divides one of them", parts,
+                               (long long)groups, (long long)per_group, g->modules[n->module]);
+        return LOOM_OK;
+    }
+    if (!strcmp(split, "kv_n")) {
+        int kv = cfg ? cfg->n_kv_head : parts;
+        *s = kv % parts == 0 ? split_by(n, "n", 1) : (loom_strategy){LOOM_SPLIT_NONE, 0, 1};
+        return LOOM_OK;
+    }
+    if (!strcmp(split, "vocab")) {
+        const char *id = n->op == LOOM_OP_LINEAR ? "n" : "v";
+        int64_t V = n->op == LOOM_OP_EMBEDDING ? g->values[n->in[1]].shape[0]
+                                                : g->values[n->in[0]].shape[g->values[n->in[0]].ndim - 1];
+        if (n->op == LOOM_OP_LINEAR) V = g->values[n->in[1]].shape[0];
+        if (V % parts != 0) {
+            loom__log(LOOM_LOG_WARN, "vocabulary of %lld does not split into %d parts: %s in "
+                      "'%s' stays replicated", (long long)V, parts, loom__op_def(n->op)->signature,
+                      g->modules[n->module]);
+            *s = (loom_strategy){LOOM_SPLIT_NONE, 0, 1};
+        } else {
+            *s = split_by(n, id, 1);
+        }
+        return LOOM_OK;
+    }
+    *s = split_by(n, split, rule->chunks);
+    return LOOM_OK;
+}
+
+loom_status loom__plan_create(const loom_graph *g, loom_policy_kind policy, int parts,
+                              const loom_model_config *cfg, loom_plan *plan) {
+    memset(plan, 0, sizeof *plan);
+    if (parts < 1) return loom__error(LOOM_ERR_INVALID, "plan: %d devices per unit", parts);
+    plan->parts = parts;
+    plan->policy = policy;
+    plan->n_nodes = g->n_nodes;
+    plan->strategy = loom__malloc((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof(loom_strategy));
+    if (!plan->strategy) return LOOM_ERR_NOMEM;
+    const loom_tp_rule *rules = cfg ? loom__family(cfg->family)->tp_rules : NULL;
+    if (policy == LOOM_POLICY_TP && !rules)
+        return loom__plan_free(plan), loom__error(LOOM_ERR_UNSUPPORTED,
+                                                  "the tp policy needs a model family's policy "
+                                                  "table (built-in families have one)");
+    for (int i = 0; i < g->n_nodes; i++) {
+        const loom_node *n = &g->nodes[i];
+        loom_strategy s = {LOOM_SPLIT_NONE, 0, 1};
+        if (policy == LOOM_POLICY_DATA && parts > 1) s = data_strategy(n);
+        if (policy == LOOM_POLICY_TP && parts > 1) {
+            s = (loom_strategy){LOOM_SPLIT_FOLLOW, 0, 1};
+            for (const loom_tp_rule *r = rules; r->module; r++) {
+                if (strcmp(r->signature, loom__op_def(n->op)->signature) != 0 ||
+                    !module_matches(g->modules[n->module], r->module))
+                    continue;
+                loom_status st = tp_strategy(g, n, r, parts, cfg, &s);
+                if (st < 0) return loom__plan_free(plan), st;
+                break;
+            }
+        }
+        plan->strategy[i] = s;
+    }
+    return LOOM_OK;
+}
+
+void loom__plan_free(loom_plan *plan) {
+    loom__free(plan->strategy);
+    plan->strategy = NULL;
+}

@@ -1,0 +1,470 @@
+// Parallel training on the `local` communicator: every rank is a thread with its own local
+// graph, per-rank program, runner and parameter shards. Rank = unit index * unit size + index
+// inside the unit; the unit's ranks split the model by the plan, the units run data parallel.
+
+#include "loom/parallel.h"
+
+#include "core/core.h"
+#include "models/family.h"
+#include "plan/plan.h"
+#include "plan/shard.h"
+#include "runtime/runner.h"
+
+#include <omp.h>
+#include <pthread.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct rank_state {
+    struct loom_parallel *par;
+    int rank, unit, index;            // global rank, unit (dp index), index inside the unit
+    loom_comm_t world, unit_comm, dp_comm;
+    loom_local_graph lg;
+    loom_runner *runner;
+    float *params;                    // the rank's parameter region
+    int32_t *batch[3];                // tokens, targets, positions: (grad_accum, B_local, T)
+    loom_value inputs[3];
+    int64_t rows;                     // B_local
+    float loss;                       // the step's loss, averaged over the units
+    loom_status status;
+    char error[1024];
+} rank_state;
+
+// Ranks held by this process: all of them as threads (local), or its own one (mpi).
+struct loom_parallel {
+    loom_model_t model;
+    int n_held;                       // entries of `ranks`
+    loom_compute_config cc;
+    loom_train_config tc;
+    int parts, units, nranks, threads_per_rank;
+    loom_graph_t global;
+    loom_value loss;
+    loom_plan plan;
+    rank_state *ranks;
+    const int32_t *step_tokens, *step_targets;
+};
+
+static const char *const policy_names[] = {"dp", "tp", "data"};
+
+const char *loom_policy_name(loom_policy p) {
+    return (unsigned)p < LOOM_POLICY_COUNT ? policy_names[p] : "?";
+}
+
+int loom_policy_from_name(const char *name) {
+    for (int i = 0; i < LOOM_POLICY_COUNT; i++)
+        if (!strcmp(name, policy_names[i])) return i;
+    return -1;
+}
+
+loom_compute_config loom_compute_config_default(void) {
+    return (loom_compute_config){.plan_ndevices = 1, .runtime_ndevices = 1,
+                                 .policy = LOOM_POLICY_DP, .comm = LOOM_COMM_LOCAL,
+                                 .timeout_s = 60.0};
+}
+
+int loom_parallel_nranks(loom_parallel_t p) { return p->nranks; }
+int loom_parallel_rank(loom_parallel_t p) { return p->ranks[0].rank; }
+
+// ---- running one function on every rank's thread -------------------------------------------------
+
+typedef loom_status (*rank_fn)(rank_state *rs);
+
+typedef struct rank_job {
+    rank_state *rs;
+    rank_fn fn;
+} rank_job;
+
+static void *rank_main(void *arg) {
+    rank_job *job = arg;
+    rank_state *rs = job->rs;
+    omp_set_num_threads(rs->par->threads_per_rank);
+    rs->status = job->fn(rs);
+    if (rs->status < 0) {
+        snprintf(rs->error, sizeof rs->error, "%s", loom_last_error());
+        // The others must not wait for this rank forever.
+        if (rs->world) loom_comm_abort(rs->world, rs->error);
+        if (rs->unit_comm) loom_comm_abort(rs->unit_comm, rs->error);
+        if (rs->dp_comm) loom_comm_abort(rs->dp_comm, rs->error);
+    }
+    return NULL;
+}
+
+// Run fn on every rank this process holds, concurrently; the first failing rank's message
+// becomes the error.
+static loom_status run_ranks(loom_parallel_t p, rank_fn fn) {
+    if (p->cc.comm == LOOM_COMM_MPI) {
+        rank_job job = {&p->ranks[0], fn};
+        rank_main(&job);
+        if (p->ranks[0].status < 0)
+            return loom__error(p->ranks[0].status, "rank %d: %s", p->ranks[0].rank,
+                               p->ranks[0].error);
+        return LOOM_OK;
+    }
+    pthread_t *threads = loom__calloc((size_t)p->nranks, sizeof(pthread_t));
+    rank_job *jobs = loom__calloc((size_t)p->nranks, sizeof(rank_job));
+    if (!threads || !jobs) {
+        loom__free(threads), loom__free(jobs);
+        return LOOM_ERR_NOMEM;
+    }
+    int started = 0;
+    for (int r = 0; r < p->nranks; r++) {
+        jobs[r] = (rank_job){&p->ranks[r], fn};
+        if (pthread_create(&threads[r], NULL, rank_main, &jobs[r]) != 0) break;
+        started++;
+    }
+    for (int r = 0; r < started; r++) pthread_join(threads[r], NULL);
+    loom__free(threads), loom__free(jobs);
+    if (started < p->nranks)
+        return loom__error(LOOM_ERR_INTERNAL, "could not start %d rank threads", p->nranks);
+    // Report the root cause: a rank that failed on its own, not one that saw another fail.
+    int first = -1;
+    for (int r = 0; r < p->nranks; r++)
+        if (p->ranks[r].status < 0 && (first < 0 || (p->ranks[first].status == LOOM_ERR_COMM &&
+                                                     p->ranks[r].status != LOOM_ERR_COMM)))
+            first = r;
+    if (first >= 0)
+        return loom__error(p->ranks[first].status, "rank %d: %s", first, p->ranks[first].error);
+    return LOOM_OK;
+}
+
+// ---- setup ----------------------------------------------------------------------------------------
+
+static const loom_local_leaf *find_leaf(const rank_state *rs, loom_value global) {
+    for (int i = 0; i < rs->lg.n_leaves; i++)
+        if (rs->lg.leaves[i].global == global) return &rs->lg.leaves[i];
+    return NULL;
+}
+
+// Copy the rank's parameter shards from the model's full tensors.
+static void load_params(rank_state *rs) {
+    loom_parallel_t p = rs->par;
+    const loom_graph *lg = rs->lg.graph;
+    for (int i = 0; i < rs->lg.n_leaves; i++) {
+        const loom_local_leaf *leaf = &rs->lg.leaves[i];
+        const loom_value_info *gv = &p->global->values[leaf->global];
+        if (gv->role != LOOM_ROLE_PARAM) continue;
+        float *full = NULL;
+        loom_status st = loom_model_tensor(p->model, gv->name, &full, NULL);
+        LOOM_ASSERT(st == 0);
+        float *local = rs->runner->ptr[leaf->local];
+        if (leaf->place.kind == LOOM_PLACE_SHARD) {
+            loom_shard_layout l = loom__shard_layout(gv->ndim, gv->shape, leaf->place.dim,
+                                                     leaf->place.chunks, p->parts);
+            loom__shard_copy(&l, rs->index, local, full, 1, 0);
+        } else {
+            memcpy(local, full, loom__value_bytes(lg, leaf->local));
+        }
+    }
+}
+
+// Merge the unit-0 ranks' shards into the model's full tensors (on the process holding rank 0;
+// collective over unit 0).
+static loom_status rank_merge(rank_state *rs) {
+    loom_parallel_t p = rs->par;
+    if (rs->unit != 0) return LOOM_OK;
+    const loom_graph *lg = rs->lg.graph;
+    float *staged = NULL;
+    loom_status st = LOOM_OK;
+    for (int i = 0; i < rs->lg.n_leaves && st == 0; i++) {
+        const loom_local_leaf *leaf = &rs->lg.leaves[i];
+        const loom_value_info *gv = &p->global->values[leaf->global];
+        if (gv->role != LOOM_ROLE_PARAM) continue;
+        float *full = NULL;
+        LOOM_ASSERT(loom_model_tensor(p->model, gv->name, &full, NULL) == 0);
+        const float *local = rs->runner->ptr[leaf->local];
+        int64_t n = loom__value_numel(lg, leaf->local);
+        if (leaf->place.kind != LOOM_PLACE_SHARD) {
+            if (rs->index == 0) memcpy(full, local, (size_t)n * sizeof(float));
+            continue;
+        }
+        float *grown = loom__realloc(staged, (size_t)(n * p->parts) * sizeof(float));
+        if (!grown) {
+            st = LOOM_ERR_NOMEM;
+            break;
+        }
+        staged = grown;
+        st = loom_comm_all_gather(rs->unit_comm, local, staged, (size_t)n, LOOM_DTYPE_F32);
+        if (st < 0 || rs->index != 0) continue;
+        loom_shard_layout l = loom__shard_layout(gv->ndim, gv->shape, leaf->place.dim,
+                                                 leaf->place.chunks, p->parts);
+        for (int r = 0; r < p->parts; r++) loom__shard_copy(&l, r, staged + r * n, full, 0, 0);
+    }
+    loom__free(staged);
+    return st;
+}
+
+static loom_status rank_setup(rank_state *rs) {
+    loom_parallel_t p = rs->par;
+    LOOM_CHECK(loom_comm_split(rs->world, rs->unit, rs->index, &rs->unit_comm));
+    LOOM_CHECK(loom_comm_split(rs->world, rs->index, rs->unit, &rs->dp_comm));
+    LOOM_CHECK(loom__parallelize(p->global, p->loss, &p->plan, rs->index, &rs->lg));
+    loom_lower_options lo = {.train = 1, .micro_batches = p->tc.grad_accum,
+                             .dp_sync = p->units > 1};
+    loom_program *prog = NULL;
+    LOOM_CHECK(loom__lower(rs->lg.graph, &lo, &prog));
+    size_t bytes = prog->region_bytes[LOOM_REGION_PARAM];
+    rs->params = loom__malloc_aligned(bytes ? bytes : 64);
+    if (!rs->params) return loom__program_free(prog), LOOM_ERR_NOMEM;
+    memset(rs->params, 0, bytes);
+    LOOM_CHECK(loom__runner_create(prog, loom__backend_cpu(), rs->params, &rs->runner));
+    loom_runner *r = rs->runner;
+    r->kernel.comm = p->parts > 1 ? rs->unit_comm : NULL;
+    r->dp_comm = rs->dp_comm;
+    // Replicated parameters count in the gradient norm on the unit's first rank only.
+    r->norm_skip = loom__calloc((size_t)(prog->n_params ? prog->n_params : 1), 1);
+    if (!r->norm_skip) return LOOM_ERR_NOMEM;
+    for (int i = 0; i < prog->n_params; i++) {
+        for (int k = 0; k < rs->lg.n_leaves; k++)
+            if (rs->lg.leaves[k].local == prog->params[i])
+                r->norm_skip[i] = rs->lg.leaves[k].place.kind != LOOM_PLACE_SHARD && rs->index > 0;
+    }
+    const loom_train_config *tc = &p->tc;
+    loom_optim_params optim = {
+        .kind = (int)tc->optimizer, .lr = tc->lr, .beta1 = tc->beta1, .beta2 = tc->beta2,
+        .eps = tc->eps, .weight_decay = tc->weight_decay, .momentum = tc->momentum,
+        .grad_clip = tc->grad_clip};
+    LOOM_CHECK(loom__runner_set_optimizer(r, &optim));
+    load_params(rs);
+    // Input buffers: the rank's rows of every micro-batch.
+    static const char *names[3] = {"tokens", "targets", "positions"};
+    for (int k = 0; k < 3; k++) {
+        loom_value gv = loom_graph_find(p->global, names[k]);
+        const loom_local_leaf *leaf = gv >= 0 ? find_leaf(rs, gv) : NULL;
+        rs->inputs[k] = leaf ? leaf->local : LOOM_NONE;
+        if (!leaf) continue;
+        int64_t n = loom__value_numel(rs->lg.graph, leaf->local) * tc->grad_accum;
+        rs->rows = rs->lg.graph->values[leaf->local].shape[0];
+        rs->batch[k] = loom__malloc((size_t)n * sizeof(int32_t));
+        if (!rs->batch[k]) return LOOM_ERR_NOMEM;
+    }
+    return LOOM_OK;
+}
+
+loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
+                             const loom_train_config *tc, loom_parallel_t *out) {
+    *out = NULL;
+    if (cc->plan_ndevices < 1 || cc->runtime_ndevices < 1 ||
+        cc->runtime_ndevices % cc->plan_ndevices != 0)
+        return loom__error(LOOM_ERR_INVALID, "runtime_ndevices (%d) must be a multiple of "
+                           "plan_ndevices (%d)", cc->runtime_ndevices, cc->plan_ndevices);
+    if ((unsigned)cc->policy >= LOOM_POLICY_COUNT)
+        return loom__error(LOOM_ERR_INVALID, "unknown policy %d", (int)cc->policy);
+    if (cc->comm != LOOM_COMM_LOCAL && cc->comm != LOOM_COMM_MPI)
+        return loom__error(LOOM_ERR_UNSUPPORTED, "comm %s is not supported by loom_parallelize",
+                           loom_comm_kind_name(cc->comm));
+    int units = cc->runtime_ndevices / cc->plan_ndevices;
+    if (tc->batch % units != 0)
+        return loom__error(LOOM_ERR_INVALID, "the global batch (%d) must divide by the %d "
+                           "data-parallel units", tc->batch, units);
+    loom_parallel_t p = loom__calloc(1, sizeof *p);
+    if (!p) return LOOM_ERR_NOMEM;
+    p->model = model;
+    p->cc = *cc;
+    p->tc = *tc;
+    p->parts = cc->plan_ndevices;
+    p->units = units;
+    p->nranks = cc->runtime_ndevices;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int per_process = cc->comm == LOOM_COMM_MPI ? 1 : p->nranks;
+    p->threads_per_rank = tc->threads > 0 ? tc->threads : (int)(cores / per_process);
+    if (p->threads_per_rank < 1) p->threads_per_rank = 1;
+    loom_comm_t *world = NULL;
+    // The forward graph with the training loss (no backward: the local graphs get theirs).
+    loom_status st = loom_graph_create(&p->global);
+    if (st < 0) goto fail;
+    st = loom__family(loom_model_get_config(model)->family)
+             ->build(loom_model_get_config(model), p->global, LOOM_GRAPH_FORWARD, tc->batch / units,
+                     tc->seq, 0);
+    if (st < 0) goto fail;
+    {
+        int64_t bt[2] = {tc->batch / units, tc->seq};
+        loom_value logits = LOOM_NONE;
+        for (int v = 0; v < p->global->n_values; v++)
+            if (p->global->values[v].is_output) logits = v;
+        loom_value targets = loom_graph_input(p->global, "targets", LOOM_DTYPE_I32, 2, bt);
+        p->loss = loom_cross_entropy(p->global, logits, targets, -100);
+        st = loom_graph_status(p->global);
+        if (st < 0) goto fail;
+    }
+    st = loom__plan_create(p->global, cc->policy, p->parts, loom_model_get_config(model), &p->plan);
+    if (st < 0) goto fail;
+    p->n_held = cc->comm == LOOM_COMM_MPI ? 1 : p->nranks;
+    p->ranks = loom__calloc((size_t)p->n_held, sizeof(rank_state));
+    world = loom__calloc((size_t)p->n_held, sizeof(loom_comm_t));
+    if (!p->ranks || !world) {
+        st = LOOM_ERR_NOMEM;
+        goto fail;
+    }
+    loom_comm_config ccfg = loom_comm_config_default();
+    ccfg.timeout_s = cc->timeout_s;
+    if (cc->comm == LOOM_COMM_MPI) {
+        st = loom_comm_mpi_create(NULL, &ccfg, &world[0]);
+        if (st < 0) goto fail;
+        if (loom_comm_size(world[0]) != p->nranks) {
+            st = loom__error(LOOM_ERR_INVALID, "mpirun started %d processes but runtime_ndevices "
+                             "is %d; start one process per device", loom_comm_size(world[0]),
+                             p->nranks);
+            loom_comm_destroy(world[0]);
+            goto fail;
+        }
+    } else {
+        st = loom_comm_local_create_all(p->nranks, &ccfg, world);
+        if (st < 0) goto fail;
+    }
+    for (int k = 0; k < p->n_held; k++) {
+        int r = cc->comm == LOOM_COMM_MPI ? loom_comm_rank(world[0]) : k;
+        p->ranks[k] = (rank_state){.par = p, .rank = r, .unit = r / p->parts,
+                                   .index = r % p->parts, .world = world[k],
+                                   .inputs = {LOOM_NONE, LOOM_NONE, LOOM_NONE}};
+    }
+    loom__free(world);
+    world = NULL;
+    st = run_ranks(p, rank_setup);
+    if (st < 0) goto fail;
+    *out = p;
+    return LOOM_OK;
+fail:
+    loom__free(world);
+    loom_parallel_free(p);
+    return st;
+}
+
+void loom_parallel_free(loom_parallel_t p) {
+    if (!p) return;
+    for (int r = 0; p->ranks && r < p->n_held; r++) {
+        rank_state *rs = &p->ranks[r];
+        loom__runner_free(rs->runner);
+        loom__free_aligned(rs->params);
+        loom__local_graph_free(&rs->lg);
+        for (int k = 0; k < 3; k++) loom__free(rs->batch[k]);
+        loom_comm_destroy(rs->unit_comm);
+        loom_comm_destroy(rs->dp_comm);
+        loom_comm_destroy(rs->world);
+    }
+    loom__free(p->ranks);
+    loom__plan_free(&p->plan);
+    loom_graph_destroy(p->global);
+    loom__free(p);
+}
+
+// ---- stepping -------------------------------------------------------------------------------------
+
+// The rank's rows: its unit's block of the global batch, then (split inputs) its share of it.
+static void fill_batch(rank_state *rs) {
+    loom_parallel_t p = rs->par;
+    const loom_train_config *tc = &p->tc;
+    int64_t T = tc->seq, unit_rows = tc->batch / p->units;
+    int64_t first = rs->unit * unit_rows + (rs->rows < unit_rows ? rs->index * rs->rows : 0);
+    for (int m = 0; m < tc->grad_accum; m++) {
+        size_t src = ((size_t)m * tc->batch + (size_t)first) * (size_t)T;
+        size_t dst = (size_t)m * (size_t)(rs->rows * T), n = (size_t)(rs->rows * T);
+        if (rs->batch[0]) memcpy(rs->batch[0] + dst, p->step_tokens + src, n * sizeof(int32_t));
+        if (rs->batch[1]) memcpy(rs->batch[1] + dst, p->step_targets + src, n * sizeof(int32_t));
+        if (rs->batch[2])
+            for (size_t i = 0; i < n; i++) rs->batch[2][dst + i] = (int32_t)(i % (size_t)T);
+    }
+    for (int k = 0; k < 3; k++)
+        if (rs->inputs[k] >= 0) rs->runner->batch_src[rs->inputs[k]] = rs->batch[k];
+}
+
+static loom_status rank_step(rank_state *rs) {
+    fill_batch(rs);
+    LOOM_CHECK(loom__runner_run(rs->runner));
+    // Each unit's loss is complete on its ranks; average over the units (data parallel).
+    rs->loss = (float)(rs->runner->loss_sum / rs->par->tc.grad_accum);
+    if (rs->par->units > 1) {
+        LOOM_CHECK(loom_comm_all_reduce(rs->dp_comm, &rs->loss, &rs->loss, 1, LOOM_DTYPE_F32,
+                                        LOOM_REDUCE_SUM));
+        rs->loss /= (float)rs->par->units;
+    }
+    return LOOM_OK;
+}
+
+loom_status loom_parallel_step(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
+                               loom_step_stats *stats) {
+    if (!tokens || !targets)
+        return loom__error(LOOM_ERR_INVALID, "loom_parallel_step: tokens and targets are required");
+    p->step_tokens = tokens;
+    p->step_targets = targets;
+    double t0 = omp_get_wtime();
+    LOOM_CHECK(run_ranks(p, rank_step));
+    double dt = omp_get_wtime() - t0;
+    if (stats) {
+        stats->loss = p->ranks[0].loss;
+        stats->grad_norm = p->ranks[0].runner->last_grad_norm;
+        stats->seconds = dt;
+        stats->tokens_per_s = (double)p->tc.grad_accum * p->tc.batch * p->tc.seq / (dt > 0 ? dt : 1e-9);
+    }
+    return LOOM_OK;
+}
+
+loom_status loom_parallel_sync_model(loom_parallel_t p) { return run_ranks(p, rank_merge); }
+
+loom_memory_stats loom_parallel_memory(loom_parallel_t p, int rank) {
+    loom_memory_stats m = {0};
+    const rank_state *rs = NULL;
+    for (int k = 0; k < p->n_held; k++)
+        if (p->ranks[k].rank == rank) rs = &p->ranks[k];
+    if (!rs) return m;
+    const loom_program *prog = rs->runner->prog;
+    size_t params = prog->region_bytes[LOOM_REGION_PARAM];
+    m.parameters = params;
+    m.gradients = prog->region_bytes[LOOM_REGION_PARAM_GRAD];
+    m.optimizer = params * (p->tc.optimizer == LOOM_OPTIM_ADAMW ? 2 : p->tc.momentum != 0);
+    m.activations = prog->region_bytes[LOOM_REGION_ARENA] + prog->region_bytes[LOOM_REGION_PERSIST];
+    m.inputs = prog->region_bytes[LOOM_REGION_INPUT];
+    return m;
+}
+
+// ---- device allocation ----------------------------------------------------------------------------
+
+// A parameter's module group for the table: "h.3.attn" of "h.3.attn.c_attn.weight" (the path
+// without its last component and, below a numbered layer, at most one more level).
+static void module_group(const char *name, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s", name);
+    char *last = strrchr(buf, '.');
+    if (last) *last = '\0';
+    int depth = 0;
+    for (char *c = buf; *c; c++)
+        if (*c == '.' && ++depth == 3) {
+            *c = '\0';
+            break;
+        }
+}
+
+void loom_parallel_print_allocation(loom_parallel_t p, FILE *f) {
+    const rank_state *rs = &p->ranks[0];  // every unit's ranks hold the same shares
+    fprintf(f, "device allocation: %d ranks = %d unit%s x %d devices, policy %s, comm %s\n",
+            p->nranks, p->units, p->units > 1 ? "s (data parallel)" : "", p->parts,
+            loom_policy_name(p->cc.policy), loom_comm_kind_name(p->cc.comm));
+    int shown = p->nranks < 8 ? p->nranks : 8;
+    fprintf(f, "  %-28s", "module");
+    for (int r = 0; r < shown; r++) fprintf(f, " %7s%d", "rank", r);
+    if (shown < p->nranks) fprintf(f, "  ...");
+    fputc('\n', f);
+    char group[256] = "", prev[256] = "";
+    double held = 0, total = 0;
+    for (int i = 0; i <= rs->lg.n_leaves; i++) {
+        const loom_local_leaf *leaf = i < rs->lg.n_leaves ? &rs->lg.leaves[i] : NULL;
+        const loom_value_info *gv = leaf ? &p->global->values[leaf->global] : NULL;
+        if (leaf && gv->role != LOOM_ROLE_PARAM) continue;
+        if (leaf) module_group(gv->name, group, sizeof group);
+        if (prev[0] && (!leaf || strcmp(group, prev) != 0)) {
+            char cell[16];
+            if (held >= total) snprintf(cell, sizeof cell, "all");
+            else snprintf(cell, sizeof cell, "%.0f%%", 100.0 * held / total);
+            fprintf(f, "  %-28s", prev);
+            for (int r = 0; r < shown; r++) fprintf(f, " %8s", cell);
+            fputc('\n', f);
+            held = total = 0;
+        }
+        if (!leaf) break;
+        snprintf(prev, sizeof prev, "%s", group);
+        total += (double)loom__value_numel(p->global, leaf->global);
+        held += (double)loom__value_numel(rs->lg.graph, leaf->local);
+    }
+    loom_memory_stats m = loom_parallel_memory(p, rs->rank);
+    fprintf(f, "  per rank: parameters %.2f MB, gradients %.2f MB, optimizer state %.2f MB, "
+            "activations %.2f MB (planned)\n", m.parameters / 1e6, m.gradients / 1e6,
+            m.optimizer / 1e6, m.activations / 1e6);
+}
