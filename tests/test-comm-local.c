@@ -143,9 +143,11 @@ static void run_ranks(int n, const loom_comm_config *cfg, rank_fn fn, void *ctx)
     loom_status st = loom_comm_local_create_all(n, cfg, comms);
     CHECK_MSG(st == LOOM_OK, "create %d ranks: %s", n, loom_last_error());
     if (st != LOOM_OK) return;
-    for (int r = 0; r < n; r++) {
+    for (int r = 0; r < n; r++) {  // before any rank thread counts checks
         CHECK(loom_comm_rank(comms[r]) == r && loom_comm_size(comms[r]) == n);
         CHECK(loom_comm_get_kind(comms[r]) == LOOM_COMM_LOCAL);
+    }
+    for (int r = 0; r < n; r++) {
         threads[r] = (rank_thread){comms[r], fn, ctx, 1};
         pthread_create(&ids[r], NULL, rank_main, &threads[r]);
     }

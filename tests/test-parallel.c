@@ -67,17 +67,28 @@ static void single_device(const char *name, reference *ref) {
     loom_model_free(m);
 }
 
+typedef struct zero_opts {
+    int use, groups, reduce_scatter;
+} zero_opts;
+
+static const zero_opts no_zero = {0, 1, 1};
+
 static void parity(const char *name, const reference *ref, loom_policy policy, int plan,
-                   int runtime) {
-    char what[96];
-    snprintf(what, sizeof what, "%s %s plan %d runtime %d", name, loom_policy_name(policy), plan,
-             runtime);
+                   int runtime, zero_opts zero) {
+    char what[128];
+    snprintf(what, sizeof what, "%s %s plan %d runtime %d%s", name, loom_policy_name(policy),
+             plan, runtime, !zero.use ? "" : zero.reduce_scatter ? " zero rs" : " zero ar");
+    if (zero.use && zero.groups > 1)
+        snprintf(what + strlen(what), sizeof what - strlen(what), " %d groups", zero.groups);
     loom_model_t m = load(name);
     loom_compute_config cc = loom_compute_config_default();
     cc.policy = policy;
     cc.plan_ndevices = plan;
     cc.runtime_ndevices = runtime;
     cc.timeout_s = 30;
+    cc.use_zero = zero.use;
+    cc.zero_ngroups = zero.groups;
+    cc.zero_reduce_scatter = zero.reduce_scatter;
     loom_train_config tc = train_config();
     loom_parallel_t p = NULL;
     loom_status st = loom_parallelize(m, &cc, &tc, &p);
@@ -85,6 +96,14 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
     if (st < 0) {
         loom_model_free(m);
         return;
+    }
+    if (zero.use) {
+        // ZeRO-1: each rank keeps 1/(units per group) of the AdamW moments.
+        loom_memory_stats mem = loom_parallel_memory(p, 0);
+        int share = runtime / plan / zero.groups;
+        CHECK_MSG(mem.optimizer * (size_t)share == 2 * mem.parameters,
+                  "%s: optimizer state %zu bytes, parameters %zu", what, mem.optimizer,
+                  mem.parameters);
     }
     double worst_loss = 0, worst_param = 0;
     for (int s = 0; s < STEPS; s++) {
@@ -139,12 +158,17 @@ int main(void) {
     for (int i = 0; i < 3; i++) {
         reference ref = {0};
         single_device(models[i], &ref);
-        parity(models[i], &ref, LOOM_POLICY_DP, 1, 2);
-        parity(models[i], &ref, LOOM_POLICY_DP, 1, 4);
-        parity(models[i], &ref, LOOM_POLICY_DATA, 2, 2);
-        parity(models[i], &ref, LOOM_POLICY_TP, 2, 2);
-        parity(models[i], &ref, LOOM_POLICY_TP, 2, 4);
-        if (i != 1) parity(models[i], &ref, LOOM_POLICY_TP, 4, 4);
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 2, no_zero);
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, no_zero);
+        parity(models[i], &ref, LOOM_POLICY_DATA, 2, 2, no_zero);
+        parity(models[i], &ref, LOOM_POLICY_TP, 2, 2, no_zero);
+        parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, no_zero);
+        if (i != 1) parity(models[i], &ref, LOOM_POLICY_TP, 4, 4, no_zero);
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 2, (zero_opts){1, 1, 1});
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 2, (zero_opts){1, 1, 0});
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, (zero_opts){1, 2, 1});
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, (zero_opts){1, 2, 0});
+        parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, (zero_opts){1, 1, 1});
         for (int k = 0; k < ref.n; k++) free(ref.params[k]);
         free(ref.params);
         free(ref.numel);

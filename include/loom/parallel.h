@@ -39,6 +39,9 @@ typedef struct loom_compute_config {
     int plan_ndevices;      // devices holding one copy of the model (a unit)
     int runtime_ndevices;   // a multiple of plan_ndevices; the units run data parallel
     loom_policy policy;
+    int use_zero;           // ZeRO-1: shard the optimizer state over the data-parallel units
+    int zero_ngroups;       // ZeRO groups (each holds one copy of the optimizer state)
+    int zero_reduce_scatter;  // reduce-scatter gradients inside a ZeRO group (else all-reduce)
     loom_comm_kind comm;    // LOOM_COMM_LOCAL: ranks are threads of this process
     double timeout_s;       // a rank that stops answering fails the others after this
 } loom_compute_config;

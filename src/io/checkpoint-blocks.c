@@ -156,7 +156,7 @@ static loom_status uncovered_error(loom_checkpoint_t c, const ckpt_tensor *t,
                                                           t->ndim));
     }
     return loom__error(LOOM_ERR_FORMAT, "checkpoint '%s': elements %s%s of tensor '%s' (global "
-                       "shape %s) are in no shard (%lld of the %lld elements read); the shards "
+                       "shape %s) are in no shard (%lld of the %lld elements asked for); the shards "
                        "do not cover the tensor", c->dir, blocks, missing->n > 4 ? ", ..." : "",
                        t->name, loom__st_format_shape(shape, sizeof shape, t->ndim,
                                                       t->global_shape),

@@ -18,7 +18,7 @@
 typedef struct rank_state {
     struct loom_parallel *par;
     int rank, unit, index;            // global rank, unit (dp index), index inside the unit
-    loom_comm_t world, unit_comm, dp_comm;
+    loom_comm_t world, unit_comm, dp_comm, zero_comm, zero_cross;
     loom_local_graph lg;
     loom_runner *runner;
     float *params;                    // the rank's parameter region
@@ -58,7 +58,8 @@ int loom_policy_from_name(const char *name) {
 
 loom_compute_config loom_compute_config_default(void) {
     return (loom_compute_config){.plan_ndevices = 1, .runtime_ndevices = 1,
-                                 .policy = LOOM_POLICY_DP, .comm = LOOM_COMM_LOCAL,
+                                 .policy = LOOM_POLICY_DP, .zero_ngroups = 1,
+                                 .zero_reduce_scatter = 1, .comm = LOOM_COMM_LOCAL,
                                  .timeout_s = 60.0};
 }
 
@@ -202,6 +203,18 @@ static loom_status rank_setup(rank_state *rs) {
                              .dp_sync = p->units > 1};
     loom_program *prog = NULL;
     LOOM_CHECK(loom__lower(rs->lg.graph, &lo, &prog));
+    int zero = p->cc.use_zero && p->units > 1;
+    if (zero) {
+        // ZeRO groups of `size` units: the same share index across groups forms zero_cross.
+        int size = p->units / p->cc.zero_ngroups;
+        loom_status st = loom_comm_split(rs->dp_comm, rs->unit / size, rs->unit, &rs->zero_comm);
+        if (st == 0) st = loom_comm_split(rs->dp_comm, rs->unit % size, rs->unit, &rs->zero_cross);
+        if (st < 0) return loom__program_free(prog), st;
+        // Pad the flat parameter (and gradient) region so it splits into equal shares.
+        size_t quantum = (size_t)size * 16 * sizeof(float);
+        size_t padded = (prog->region_bytes[LOOM_REGION_PARAM] + quantum - 1) / quantum * quantum;
+        prog->region_bytes[LOOM_REGION_PARAM] = prog->region_bytes[LOOM_REGION_PARAM_GRAD] = padded;
+    }
     size_t bytes = prog->region_bytes[LOOM_REGION_PARAM];
     rs->params = loom__malloc_aligned(bytes ? bytes : 64);
     if (!rs->params) return loom__program_free(prog), LOOM_ERR_NOMEM;
@@ -210,6 +223,9 @@ static loom_status rank_setup(rank_state *rs) {
     loom_runner *r = rs->runner;
     r->kernel.comm = p->parts > 1 ? rs->unit_comm : NULL;
     r->dp_comm = rs->dp_comm;
+    r->zero_comm = rs->zero_comm;
+    r->zero_cross = rs->zero_cross;
+    r->zero_reduce_scatter = p->cc.zero_reduce_scatter;
     // Replicated parameters count in the gradient norm on the unit's first rank only.
     r->norm_skip = loom__calloc((size_t)(prog->n_params ? prog->n_params : 1), 1);
     if (!r->norm_skip) return LOOM_ERR_NOMEM;
@@ -253,6 +269,9 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
         return loom__error(LOOM_ERR_UNSUPPORTED, "comm %s is not supported by loom_parallelize",
                            loom_comm_kind_name(cc->comm));
     int units = cc->runtime_ndevices / cc->plan_ndevices;
+    if (cc->use_zero && (cc->zero_ngroups < 1 || units % cc->zero_ngroups != 0))
+        return loom__error(LOOM_ERR_INVALID, "zero_ngroups (%d) must divide the %d data-parallel "
+                           "units", cc->zero_ngroups, units);
     if (tc->batch % units != 0)
         return loom__error(LOOM_ERR_INVALID, "the global batch (%d) must divide by the %d "
                            "data-parallel units", tc->batch, units);
@@ -337,6 +356,8 @@ void loom_parallel_free(loom_parallel_t p) {
         loom__free_aligned(rs->params);
         loom__local_graph_free(&rs->lg);
         for (int k = 0; k < 3; k++) loom__free(rs->batch[k]);
+        loom_comm_destroy(rs->zero_comm);
+        loom_comm_destroy(rs->zero_cross);
         loom_comm_destroy(rs->unit_comm);
         loom_comm_destroy(rs->dp_comm);
         loom_comm_destroy(rs->world);
@@ -410,7 +431,7 @@ loom_memory_stats loom_parallel_memory(loom_parallel_t p, int rank) {
     size_t params = prog->region_bytes[LOOM_REGION_PARAM];
     m.parameters = params;
     m.gradients = prog->region_bytes[LOOM_REGION_PARAM_GRAD];
-    m.optimizer = params * (p->tc.optimizer == LOOM_OPTIM_ADAMW ? 2 : p->tc.momentum != 0);
+    m.optimizer = loom__runner_optimizer_floats(rs->runner) * sizeof(float);
     m.activations = prog->region_bytes[LOOM_REGION_ARENA] + prog->region_bytes[LOOM_REGION_PERSIST];
     m.inputs = prog->region_bytes[LOOM_REGION_INPUT];
     return m;
@@ -434,9 +455,10 @@ static void module_group(const char *name, char *buf, size_t cap) {
 
 void loom_parallel_print_allocation(loom_parallel_t p, FILE *f) {
     const rank_state *rs = &p->ranks[0];  // every unit's ranks hold the same shares
-    fprintf(f, "device allocation: %d ranks = %d unit%s x %d devices, policy %s, comm %s\n",
+    fprintf(f, "device allocation: %d ranks = %d unit%s x %d devices, policy %s, comm %s%s\n",
             p->nranks, p->units, p->units > 1 ? "s (data parallel)" : "", p->parts,
-            loom_policy_name(p->cc.policy), loom_comm_kind_name(p->cc.comm));
+            loom_policy_name(p->cc.policy), loom_comm_kind_name(p->cc.comm),
+            p->cc.use_zero && p->units > 1 ? ", ZeRO-1" : "");
     int shown = p->nranks < 8 ? p->nranks : 8;
     fprintf(f, "  %-28s", "module");
     for (int r = 0; r < shown; r++) fprintf(f, " %7s%d", "rank", r);

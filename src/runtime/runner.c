@@ -88,45 +88,81 @@ static size_t param_floats(const loom_runner *r) {
     return r->prog->region_bytes[LOOM_REGION_PARAM] / sizeof(float);
 }
 
-// Global gradient norm over all parameters (torch clip_grad_norm_). In a unit of several
-// ranks each shard counts once and each replicated gradient on one rank only.
-static loom_status clip_grads(loom_runner *r) {
-    float *grads = r->region[LOOM_REGION_PARAM_GRAD];
-    double sumsq;
-    if (!r->kernel.comm || !r->norm_skip) {
-        sumsq = r->be->sum_squares(grads, (int64_t)param_floats(r));
-    } else {
-        const loom_program *p = r->prog;
-        float partial = 0;
-        double local = 0;
-        for (int i = 0; i < p->n_params; i++) {
-            if (r->norm_skip[i]) continue;
-            loom_value v = p->params[i];
-            local += r->be->sum_squares(grads + p->offset[v] / sizeof(float),
-                                        loom__value_numel(p->graph, v));
-        }
-        partial = (float)local;
-        LOOM_CHECK(loom_comm_all_reduce(r->kernel.comm, &partial, &partial, 1, LOOM_DTYPE_F32,
-                                        LOOM_REDUCE_SUM));
-        sumsq = partial;
+// The part of the flat parameter region whose optimizer state this rank keeps: all of it, or
+// with ZeRO-1 its 1/size share in its ZeRO group.
+static void owned_range(const loom_runner *r, size_t *begin, size_t *len) {
+    size_t n = param_floats(r);
+    if (!r->zero_comm) {
+        *begin = 0, *len = n;
+        return;
     }
-    r->last_grad_norm = (float)sqrt(sumsq);
+    size_t parts = (size_t)loom_comm_size(r->zero_comm);
+    LOOM_ASSERT(n % parts == 0);  // the region is padded to a multiple (parallel.c)
+    *len = n / parts;
+    *begin = (size_t)loom_comm_rank(r->zero_comm) * *len;
+}
+
+static loom_status sum_over(loom_comm_t c, float *x) {
+    if (!c || loom_comm_size(c) == 1) return LOOM_OK;
+    return loom_comm_all_reduce(c, x, x, 1, LOOM_DTYPE_F32, LOOM_REDUCE_SUM);
+}
+
+// Global gradient norm over all parameters (torch clip_grad_norm_): each rank sums the squares
+// of the gradients it owns (its ZeRO share; a replicated gradient on the unit's first rank
+// only), then the partial sums are added over the ZeRO group and the unit.
+static loom_status clip_grads(loom_runner *r) {
+    const loom_program *p = r->prog;
+    float *grads = r->region[LOOM_REGION_PARAM_GRAD];
+    size_t begin, len;
+    owned_range(r, &begin, &len);
+    double local = 0;
+    if (!r->norm_skip && !r->zero_comm) {
+        local = r->be->sum_squares(grads, (int64_t)len);
+    } else {
+        for (int i = 0; i < p->n_params; i++) {
+            if (r->norm_skip && r->norm_skip[i]) continue;
+            loom_value v = p->params[i];
+            size_t lo = p->offset[v] / sizeof(float), hi = lo + (size_t)loom__value_numel(p->graph, v);
+            if (lo < begin) lo = begin;
+            if (hi > begin + len) hi = begin + len;
+            if (lo < hi) local += r->be->sum_squares(grads + lo, (int64_t)(hi - lo));
+        }
+    }
+    float sumsq = (float)local;
+    LOOM_CHECK(sum_over(r->zero_comm, &sumsq));
+    if (r->norm_skip) LOOM_CHECK(sum_over(r->kernel.comm, &sumsq));
+    r->last_grad_norm = sqrtf(sumsq);
     return LOOM_OK;
 }
 
-// Average the parameter gradients over the data-parallel replicas (one flat all-reduce).
+// Average the parameter gradients over the data-parallel replicas: one flat all-reduce, or
+// with ZeRO-1 and reduce-scatter, a reduce-scatter inside the ZeRO group (plus an all-reduce of
+// the share across ZeRO groups).
 static loom_status dp_sync(loom_runner *r) {
     if (!r->dp_comm || loom_comm_size(r->dp_comm) == 1) return LOOM_OK;
     float *grads = r->region[LOOM_REGION_PARAM_GRAD];
-    size_t n = param_floats(r);
-    LOOM_CHECK(loom_comm_all_reduce(r->dp_comm, grads, grads, n, LOOM_DTYPE_F32, LOOM_REDUCE_SUM));
-    r->be->scale(grads, 1.0f / (float)loom_comm_size(r->dp_comm), (int64_t)n);
+    size_t n = param_floats(r), begin, len;
+    owned_range(r, &begin, &len);
+    if (r->zero_comm && r->zero_reduce_scatter) {
+        LOOM_CHECK(loom_comm_reduce_scatter(r->zero_comm, grads, grads + begin, len,
+                                            LOOM_DTYPE_F32, LOOM_REDUCE_SUM));
+        if (r->zero_cross && loom_comm_size(r->zero_cross) > 1)
+            LOOM_CHECK(loom_comm_all_reduce(r->zero_cross, grads + begin, grads + begin, len,
+                                            LOOM_DTYPE_F32, LOOM_REDUCE_SUM));
+    } else {
+        LOOM_CHECK(loom_comm_all_reduce(r->dp_comm, grads, grads, n, LOOM_DTYPE_F32,
+                                        LOOM_REDUCE_SUM));
+    }
+    r->be->scale(grads + begin, 1.0f / (float)loom_comm_size(r->dp_comm), (int64_t)len);
     return LOOM_OK;
 }
 
+// Update the owned parameters; with ZeRO-1, then all-gather them inside the ZeRO group.
 static loom_status optimizer_step(loom_runner *r) {
-    size_t n = param_floats(r);
-    float *params = r->region[LOOM_REGION_PARAM], *grads = r->region[LOOM_REGION_PARAM_GRAD];
+    size_t begin, len;
+    owned_range(r, &begin, &len);
+    float *params = (float *)r->region[LOOM_REGION_PARAM] + begin;
+    float *grads = (float *)r->region[LOOM_REGION_PARAM_GRAD] + begin;
     const loom_optim_params *o = &r->optim;
     float scale = 1.0f;
     if (o->grad_clip > 0) {
@@ -140,16 +176,20 @@ static loom_status optimizer_step(loom_runner *r) {
     LOOM_ASSERT(o->kind != 0 || (r->opt_m && r->opt_v));
     r->step++;
     if (o->kind == 0)
-        r->be->adamw(params, grads, r->opt_m, r->opt_v, (int64_t)n, o->lr, o->beta1, o->beta2,
+        r->be->adamw(params, grads, r->opt_m, r->opt_v, (int64_t)len, o->lr, o->beta1, o->beta2,
                      o->eps, o->weight_decay, r->step, scale);
     else
-        r->be->sgd(params, grads, r->opt_m, (int64_t)n, o->lr,
+        r->be->sgd(params, grads, r->opt_m, (int64_t)len, o->lr,
                    o->momentum, o->weight_decay, r->step, scale);
+    if (r->zero_comm)
+        LOOM_CHECK(loom_comm_all_gather(r->zero_comm, params, r->region[LOOM_REGION_PARAM], len,
+                                        LOOM_DTYPE_F32));
     return LOOM_OK;
 }
 
 loom_status loom__runner_set_optimizer(loom_runner *r, const loom_optim_params *o) {
-    size_t n = param_floats(r);
+    size_t begin, n;
+    owned_range(r, &begin, &n);
     r->optim = *o;
     loom__free_aligned(r->opt_m);
     loom__free_aligned(r->opt_v);
@@ -164,6 +204,13 @@ loom_status loom__runner_set_optimizer(loom_runner *r, const loom_optim_params *
     if (r->opt_v) memset(r->opt_v, 0, n * sizeof(float));
     r->step = 0;
     return LOOM_OK;
+}
+
+size_t loom__runner_optimizer_floats(const loom_runner *r) {
+    size_t begin, len;
+    owned_range(r, &begin, &len);
+    int adamw = r->optim.kind == 0, moments = adamw || r->optim.momentum != 0;
+    return len * (size_t)(adamw + moments);
 }
 
 loom_status loom__runner_run(loom_runner *r) {

@@ -31,6 +31,10 @@ typedef struct loom_runner {
     // Per parameter (program order): 1 when this rank's gradient is a replica another rank of
     // the unit already counts in the global norm.
     uint8_t *norm_skip;
+    // ZeRO-1: optimizer state sharded over zero_comm (a group of data-parallel replicas);
+    // zero_cross links the same share across ZeRO groups. NULL: off.
+    loom_comm_t zero_comm, zero_cross;
+    int zero_reduce_scatter;  // reduce-scatter the gradients (else all-reduce them)
     // Per-op profile (seconds, forward and backward), when profiling.
     int profile;
     double op_seconds[LOOM_OP_COUNT][2];
@@ -44,6 +48,8 @@ loom_status loom__runner_create(loom_program *prog, const loom_backend_i *be, fl
 void loom__runner_free(loom_runner *r);
 // Set the optimizer and allocate its zeroed state (before the first training run).
 loom_status loom__runner_set_optimizer(loom_runner *r, const loom_optim_params *o);
+// Floats of optimizer state this rank keeps (its ZeRO share).
+size_t loom__runner_optimizer_floats(const loom_runner *r);
 // Run every instruction once: one step (training) or one forward pass.
 loom_status loom__runner_run(loom_runner *r);
 // Bytes the runner owns per region.

@@ -38,6 +38,9 @@ static void print_help(void) {
            "                         (tp) or split every op on the batch (data); default dp\n"
            "  --comm local|mpi       ranks as threads of this process (local, default) or one\n"
            "                         process per rank under mpirun (chosen by itself there)\n"
+           "  --zero                 ZeRO-1: shard the optimizer state over the copies\n"
+           "  --zero-groups K        K ZeRO groups, each holding one copy of the state (default 1)\n"
+           "  --zero-reduce-scatter on|off  reduce-scatter gradients in a group (default on)\n"
            "output:\n"
            "  --save DIR             write a Hugging Face directory (config.json +\n"
            "                         model.safetensors) after training\n"
@@ -67,7 +70,9 @@ int cmd_train(int argc, char **argv) {
         {"sample", required_argument, 0, 0}, {"prompt", required_argument, 0, 0},
         {"profile", no_argument, 0, 0}, {"devices", required_argument, 0, 0},
         {"plan-devices", required_argument, 0, 0}, {"policy", required_argument, 0, 0},
-        {"comm", required_argument, 0, 0}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"comm", required_argument, 0, 0}, {"zero", no_argument, 0, 0},
+        {"zero-groups", required_argument, 0, 0}, {"zero-reduce-scatter", required_argument, 0, 0},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     loom_compute_config cc = loom_compute_config_default();
     int plan_devices = 0;
     const char *policy = "dp", *comm = NULL;
@@ -101,6 +106,13 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "plan-devices")) plan_devices = cli_int(&c, name, arg, 1, 1 << 16);
         else if (!strcmp(name, "policy")) policy = arg;
         else if (!strcmp(name, "comm")) comm = arg;
+        else if (!strcmp(name, "zero")) cc.use_zero = 1;
+        else if (!strcmp(name, "zero-groups")) cc.zero_ngroups = cli_int(&c, name, arg, 1, 1 << 16);
+        else if (!strcmp(name, "zero-reduce-scatter")) {
+            if (strcmp(arg, "on") && strcmp(arg, "off"))
+                cli_usage_error(&c, "--zero-reduce-scatter: '%s' is not on or off", arg);
+            cc.zero_reduce_scatter = !strcmp(arg, "on");
+        }
     }
     cli_model_check(&c, &mo);
     if (!data) cli_usage_error(&c, "--data FILE is required");
