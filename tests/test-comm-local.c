@@ -1,12 +1,15 @@
 // Tests of the local communicator (ranks are threads): every collective at 1, 2, 3, 4 and 8
 // ranks against independently computed results (float sums bit-exact in rank order), split,
 // point to point, async all-reduce, abort, timeout, departure and argument errors.
+// The rank_* checks above LOOM_COMM_TEST_SHARED_ONLY use only the public API; test-comm-mpi.c
+// includes this file with that macro defined to run them on MPI processes.
 
 #include "testutil.h"
 
 #include "loom/comm.h"
 #include "loom/status.h"
 
+#include <float.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -99,15 +102,44 @@ static int32_t expect_i32(int nranks, size_t i, uint32_t salt, loom_reduce_op op
     return (int32_t)acc;
 }
 
-// Number of elements of got[0..n) that differ (bitwise) from expected element first+i.
+// The local transport sums in rank order, so its float sums are checked bit for bit; MPI picks
+// its own order (still identical on every rank, which rank_all_reduce checks separately).
+static int exact_rank_order = 1;
+
+// Number of elements of got[0..n) that differ from expected element first+i: bitwise, or for
+// sums in another order by more than a few roundings of the magnitudes summed.
 static size_t mismatches_f32(const float *got, size_t n, int nranks, size_t first, uint32_t salt,
                              loom_reduce_op op) {
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) {
         float want = expect_f32(nranks, first + i, salt, op);
-        bad += memcmp(&got[i], &want, sizeof want) != 0;
+        if (exact_rank_order || op != LOOM_REDUCE_SUM) {
+            bad += memcmp(&got[i], &want, sizeof want) != 0;
+            continue;
+        }
+        double magnitude = 0;
+        for (int r = 0; r < nranks; r++) magnitude += fabs((double)f32_value(r, first + i, salt));
+        bad += fabs((double)got[i] - (double)want) > 2.0 * nranks * FLT_EPSILON * magnitude;
     }
     return bad;
+}
+
+// FNV-1a of a buffer, as a non-negative I32 to all-gather.
+static int32_t checksum(const void *p, size_t bytes) {
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < bytes; i++) h = (h ^ ((const unsigned char *)p)[i]) * 16777619u;
+    return (int32_t)(h >> 1);
+}
+
+// Whether every rank holds the same bytes (all-gathers their checksums).
+static int same_on_every_rank(loom_comm_t c, const void *p, size_t bytes) {
+    int32_t mine = checksum(p, bytes), all[64];
+    int n = loom_comm_size(c);
+    if (n > 64 || loom_comm_all_gather(c, &mine, all, 1, LOOM_DTYPE_I32) != LOOM_OK) return 0;
+    for (int k = 0; k < n; k++) {
+        if (all[k] != mine) return 0;
+    }
+    return 1;
 }
 
 static size_t mismatches_i32(const int32_t *got, size_t n, int nranks, size_t first,
@@ -115,43 +147,6 @@ static size_t mismatches_i32(const int32_t *got, size_t n, int nranks, size_t fi
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) bad += got[i] != expect_i32(nranks, first + i, salt, op);
     return bad;
-}
-
-// ---- harness: one thread per rank ---------------------------------------------------------------
-
-typedef void (*rank_fn)(loom_comm_t c, void *ctx);
-
-typedef struct rank_thread {
-    loom_comm_t comm;
-    rank_fn fn;
-    void *ctx;
-    int destroy_at_end;
-} rank_thread;
-
-static void *rank_main(void *arg) {
-    rank_thread *t = arg;
-    t->fn(t->comm, t->ctx);
-    if (t->destroy_at_end) loom_comm_destroy(t->comm);  // each rank destroys its own handle
-    return NULL;
-}
-
-// Runs fn on n fresh ranks, one thread each; each thread destroys its handle at the end.
-static void run_ranks(int n, const loom_comm_config *cfg, rank_fn fn, void *ctx) {
-    loom_comm_t comms[16];
-    rank_thread threads[16];
-    pthread_t ids[16];
-    loom_status st = loom_comm_local_create_all(n, cfg, comms);
-    CHECK_MSG(st == LOOM_OK, "create %d ranks: %s", n, loom_last_error());
-    if (st != LOOM_OK) return;
-    for (int r = 0; r < n; r++) {  // before any rank thread counts checks
-        CHECK(loom_comm_rank(comms[r]) == r && loom_comm_size(comms[r]) == n);
-        CHECK(loom_comm_get_kind(comms[r]) == LOOM_COMM_LOCAL);
-    }
-    for (int r = 0; r < n; r++) {
-        threads[r] = (rank_thread){comms[r], fn, ctx, 1};
-        pthread_create(&ids[r], NULL, rank_main, &threads[r]);
-    }
-    for (int r = 0; r < n; r++) pthread_join(ids[r], NULL);
 }
 
 // ---- collectives --------------------------------------------------------------------------------
@@ -175,6 +170,8 @@ static void rank_all_reduce(loom_comm_t c, void *ctx) {
             RCHECK_OK(loom_comm_all_reduce(c, send, again, count, LOOM_DTYPE_F32, op), r);
             RCHECK(memcmp(recv, again, count * sizeof *recv) == 0,
                    "n=%d rank %d: a second run differs", n, r);
+            RCHECK(same_on_every_rank(c, recv, count * sizeof *recv),
+                   "n=%d rank %d count %zu op %d: ranks hold different results", n, r, count, op);
             // F32 in place.
             fill_f32(recv, count, r, 0, salt);
             RCHECK_OK(loom_comm_all_reduce(c, recv, recv, count, LOOM_DTYPE_F32, op), r);
@@ -305,20 +302,6 @@ static void rank_broadcast(loom_comm_t c, void *ctx) {
     free(recv);
 }
 
-static atomic_int barrier_arrivals;
-
-static void rank_barrier(loom_comm_t c, void *ctx) {
-    int r = loom_comm_rank(c), n = loom_comm_size(c);
-    for (int round = 1; round <= 3; round++) {
-        atomic_fetch_add(&barrier_arrivals, 1);
-        RCHECK_OK(loom_comm_barrier(c), r);
-        int seen = atomic_load(&barrier_arrivals);
-        RCHECK(seen >= round * n, "n=%d rank %d round %d: left the barrier after %d arrivals", n,
-               r, round, seen);
-        RCHECK_OK(loom_comm_barrier(c), r);  // nobody starts the next round early
-    }
-}
-
 // Ring: rank r sends to r+1 with tag 100+r, receives from r-1 with tag 100+(r-1). Sends block
 // until received, so rank 0 sends first and every other rank receives first.
 static void rank_ring(loom_comm_t c, void *ctx) {
@@ -434,28 +417,20 @@ static void rank_count_zero(loom_comm_t c, void *ctx) {
         RCHECK_OK(loom_comm_broadcast(c, NULL, NULL, 0, LOOM_DTYPE_F32, 0), r);
     }
 }
-
-static void test_collectives(void) {
-    const int sizes[] = {1, 2, 3, 4, 8};
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-        int n = sizes[i];
-        run_ranks(n, NULL, rank_all_reduce, NULL);
-        run_ranks(n, NULL, rank_reduce_scatter, NULL);
-        run_ranks(n, NULL, rank_all_gather, NULL);
-        run_ranks(n, NULL, rank_all_to_all, NULL);
-        run_ranks(n, NULL, rank_broadcast, NULL);
-        atomic_store(&barrier_arrivals, 0);
-        run_ranks(n, NULL, rank_barrier, NULL);
-        run_ranks(n, NULL, rank_ring, NULL);
-        run_ranks(n, NULL, rank_split, NULL);
-        run_ranks(n, NULL, rank_async, NULL);
-        run_ranks(n, NULL, rank_count_zero, NULL);
+// Rank n-1 arrives 100 ms late: nobody may leave the barrier before it arrives.
+static void rank_barrier_waits(loom_comm_t c, void *ctx) {
+    int r = loom_comm_rank(c), n = loom_comm_size(c);
+    if (n < 2) return;
+    RCHECK_OK(loom_comm_barrier(c), r);
+    double t0 = now_s();
+    if (r == n - 1) {
+        struct timespec pause = {0, 100 * 1000 * 1000};
+        nanosleep(&pause, NULL);
     }
+    RCHECK_OK(loom_comm_barrier(c), r);
+    double waited = now_s() - t0;
+    RCHECK(waited >= 0.09, "n=%d rank %d left the barrier after %.3f s", n, r, waited);
 }
-
-// ---- failures -----------------------------------------------------------------------------------
-
-enum { FAIL_RANKS = 4 };
 
 // Rank 2 aborts instead of entering the all-reduce; the others must fail fast naming it.
 static void rank_abort(loom_comm_t c, void *ctx) {
@@ -482,6 +457,81 @@ static void rank_abort(loom_comm_t c, void *ctx) {
     RCHECK(st == LOOM_ERR_COMM && has(loom_last_error(), "rank 2 failed: test failure"),
            "rank %d: later call %d '%s'", r, st, loom_last_error());
 }
+#ifndef LOOM_COMM_TEST_SHARED_ONLY
+// ---- local-only tests ---------------------------------------------------------------------------
+
+// ---- harness: one thread per rank ---------------------------------------------------------------
+
+typedef void (*rank_fn)(loom_comm_t c, void *ctx);
+
+typedef struct rank_thread {
+    loom_comm_t comm;
+    rank_fn fn;
+    void *ctx;
+    int destroy_at_end;
+} rank_thread;
+
+static void *rank_main(void *arg) {
+    rank_thread *t = arg;
+    t->fn(t->comm, t->ctx);
+    if (t->destroy_at_end) loom_comm_destroy(t->comm);  // each rank destroys its own handle
+    return NULL;
+}
+
+// Runs fn on n fresh ranks, one thread each; each thread destroys its handle at the end.
+static void run_ranks(int n, const loom_comm_config *cfg, rank_fn fn, void *ctx) {
+    loom_comm_t comms[16];
+    rank_thread threads[16];
+    pthread_t ids[16];
+    loom_status st = loom_comm_local_create_all(n, cfg, comms);
+    CHECK_MSG(st == LOOM_OK, "create %d ranks: %s", n, loom_last_error());
+    if (st != LOOM_OK) return;
+    for (int r = 0; r < n; r++) {  // before any rank thread counts checks
+        CHECK(loom_comm_rank(comms[r]) == r && loom_comm_size(comms[r]) == n);
+        CHECK(loom_comm_get_kind(comms[r]) == LOOM_COMM_LOCAL);
+    }
+    for (int r = 0; r < n; r++) {
+        threads[r] = (rank_thread){comms[r], fn, ctx, 1};
+        pthread_create(&ids[r], NULL, rank_main, &threads[r]);
+    }
+    for (int r = 0; r < n; r++) pthread_join(ids[r], NULL);
+}
+
+static atomic_int barrier_arrivals;
+
+static void rank_barrier(loom_comm_t c, void *ctx) {
+    int r = loom_comm_rank(c), n = loom_comm_size(c);
+    for (int round = 1; round <= 3; round++) {
+        atomic_fetch_add(&barrier_arrivals, 1);
+        RCHECK_OK(loom_comm_barrier(c), r);
+        int seen = atomic_load(&barrier_arrivals);
+        RCHECK(seen >= round * n, "n=%d rank %d round %d: left the barrier after %d arrivals", n,
+               r, round, seen);
+        RCHECK_OK(loom_comm_barrier(c), r);  // nobody starts the next round early
+    }
+}
+
+static void test_collectives(void) {
+    const int sizes[] = {1, 2, 3, 4, 8};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        int n = sizes[i];
+        run_ranks(n, NULL, rank_all_reduce, NULL);
+        run_ranks(n, NULL, rank_reduce_scatter, NULL);
+        run_ranks(n, NULL, rank_all_gather, NULL);
+        run_ranks(n, NULL, rank_all_to_all, NULL);
+        run_ranks(n, NULL, rank_broadcast, NULL);
+        atomic_store(&barrier_arrivals, 0);
+        run_ranks(n, NULL, rank_barrier, NULL);
+        run_ranks(n, NULL, rank_barrier_waits, NULL);
+        run_ranks(n, NULL, rank_ring, NULL);
+        run_ranks(n, NULL, rank_split, NULL);
+        run_ranks(n, NULL, rank_async, NULL);
+        run_ranks(n, NULL, rank_count_zero, NULL);
+    }
+}
+// ---- failures -----------------------------------------------------------------------------------
+
+enum { FAIL_RANKS = 4 };
 
 // Rank 3 never enters the barrier (and keeps its handle until the others are done).
 static pthread_barrier_t timeout_done;
@@ -677,3 +727,5 @@ int main(void) {
     fprintf(stderr, "test-comm-local: %.1f s\n", now_s() - t0);
     return tu_finish();
 }
+
+#endif // LOOM_COMM_TEST_SHARED_ONLY

@@ -3,8 +3,12 @@
 // must give the single-device losses and (merged) parameters to relative 1e-5; plans that
 // cannot split the model fail with a message naming the op.
 
+#include "loom/checkpoint.h"
 #include "loom/parallel.h"
+#include "models/family.h"
 #include "testutil.h"
+
+#include <unistd.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -147,6 +151,97 @@ static void expect_error(const char *name, loom_policy policy, int plan, int run
     loom_model_free(m);
 }
 
+static const char *gpt2_file_name(const char *name, char *buf, size_t cap) {
+    return loom__family(LOOM_FAMILY_GPT2)->param_to_file(name, buf, cap);
+}
+
+static loom_parallel_t start(loom_model_t m, loom_policy policy, int plan, int runtime, int zero) {
+    loom_compute_config cc = loom_compute_config_default();
+    cc.policy = policy;
+    cc.plan_ndevices = plan;
+    cc.runtime_ndevices = runtime;
+    cc.use_zero = zero;
+    loom_train_config tc = train_config();
+    loom_parallel_t p = NULL;
+    CHECK_OK(loom_parallelize(m, &cc, &tc, &p));
+    return p;
+}
+
+// Two steps under dp2 x tp2 with ZeRO, save sharded, merge; then resume on other plans (tp2;
+// one device; 4-way data parallel from the sharded files directly): the third step's loss and
+// the final parameters must be the single-device ones.
+static void test_checkpoint_round_trip(const char *name, const reference *ref) {
+    char tmp[] = "/tmp/loom-test-ckpt-XXXXXX", shards[600], merged[600];
+    if (!mkdtemp(tmp)) return;
+    snprintf(shards, sizeof shards, "%s/shards", tmp);
+    snprintf(merged, sizeof merged, "%s/merged", tmp);
+    loom_model_t m = load(name);
+    loom_parallel_t p = start(m, LOOM_POLICY_TP, 2, 4, 1);
+    for (int s = 0; p && s < 2; s++) CHECK_OK(loom_parallel_step(p, tokens, targets, NULL));
+    if (p) CHECK_OK(loom_parallel_save_sharded(p, shards));
+    loom_parallel_free(p);
+    loom_model_free(m);
+    CHECK_OK(loom_checkpoint_merge(shards, merged, !strcmp(name, "gpt2") ? gpt2_file_name : NULL));
+    // The merged directory is a Hugging Face model directory too.
+    loom_model_t hf = NULL;
+    CHECK_OK(loom_model_load(merged, &hf));
+    loom_model_free(hf);
+    struct { const char *from; loom_policy policy; int plan, runtime; } resume[] = {
+        {merged, LOOM_POLICY_TP, 2, 2}, {merged, LOOM_POLICY_DP, 1, 1},
+        {shards, LOOM_POLICY_DP, 1, 4},
+    };
+    for (int k = 0; k < 3; k++) {
+        m = load(name);
+        p = start(m, resume[k].policy, resume[k].plan, resume[k].runtime, 0);
+        if (!p) continue;
+        CHECK_OK(loom_parallel_load_checkpoint(p, resume[k].from));
+        loom_step_stats st;
+        CHECK_OK(loom_parallel_step(p, tokens, targets, &st));
+        CHECK_MSG(fabs(st.loss - ref->losses[2]) <= 1e-5 * fabs(ref->losses[2]),
+                  "%s resumed from %s on %s %d/%d: loss %.7f vs %.7f", name, resume[k].from,
+                  loom_policy_name(resume[k].policy), resume[k].plan, resume[k].runtime, st.loss,
+                  ref->losses[2]);
+        CHECK_OK(loom_parallel_sync_model(p));
+        double worst = 0;
+        for (int i = 0; i < ref->n; i++) {
+            float *data;
+            int64_t n;
+            loom_model_tensor(m, loom_model_tensor_name(m, i, NULL, NULL), &data, &n);
+            double err = tu_max_rel_err(data, ref->params[i], (size_t)n, 1e-6);
+            if (err > worst) worst = err;
+        }
+        CHECK_MSG(worst < 1e-5, "%s resumed (case %d): parameters relative error %.3g", name, k,
+                  worst);
+        printf("%s: saved on tp 2/4 zero, resumed on %s %d/%d: loss %.7f, parameters %.1e\n",
+               name, loom_policy_name(resume[k].policy), resume[k].plan, resume[k].runtime,
+               st.loss, worst);
+        loom_parallel_free(p);
+        loom_model_free(m);
+    }
+    // A damaged shard is detected and named.
+    char shard0[700];
+    snprintf(shard0, sizeof shard0, "%s/shard-00000-of-00002.safetensors", shards);
+    FILE *f = fopen(shard0, "r+b");
+    if (f) {
+        fseek(f, -5, SEEK_END);
+        int c = fgetc(f);
+        fseek(f, -5, SEEK_END);
+        fputc(c ^ 0x5a, f);
+        fclose(f);
+    }
+    m = load(name);
+    p = start(m, LOOM_POLICY_DP, 1, 1, 0);
+    loom_status st = p ? loom_parallel_load_checkpoint(p, shards) : LOOM_ERR_INTERNAL;
+    CHECK_MSG(st == LOOM_ERR_FORMAT && strstr(loom_last_error(), "shard-00000-of-00002") &&
+                  strstr(loom_last_error(), "damaged"),
+              "damaged shard: status %d, '%s'", st, loom_last_error());
+    loom_parallel_free(p);
+    loom_model_free(m);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
+}
+
 int main(void) {
     uint32_t s = 12345;
     for (int i = 0; i < B * T; i++) {
@@ -169,6 +264,7 @@ int main(void) {
         parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, (zero_opts){1, 2, 1});
         parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, (zero_opts){1, 2, 0});
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, (zero_opts){1, 1, 1});
+        if (i < 2) test_checkpoint_round_trip(models[i], &ref);
         for (int k = 0; k < ref.n; k++) free(ref.params[k]);
         free(ref.params);
         free(ref.numel);

@@ -46,6 +46,10 @@ typedef struct loom_model_config {
 loom_model_config loom_model_config_default(loom_family family);
 // Read a Hugging Face config.json. Errors name the file and the field.
 loom_status loom_model_config_load(const char *path, loom_model_config *cfg);
+// Parse config.json text (`source` names it in messages).
+loom_status loom_model_config_parse(const char *text, const char *source, loom_model_config *cfg);
+// The config as Hugging Face config.json text; free() it. NULL when out of memory.
+char *loom_model_config_to_json(const loom_model_config *cfg);
 // Check a config's fields are consistent (heads divide widths, ...).
 loom_status loom_model_config_validate(const loom_model_config *cfg);
 // Family of a Hugging Face model_type, or -1.

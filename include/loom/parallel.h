@@ -63,6 +63,13 @@ loom_status loom_parallel_step(loom_parallel_t p, const int32_t *tokens, const i
 // Write the merged (global) parameters back into the model. Collective: under mpi every process
 // calls it and the process of rank 0 gets the merged parameters.
 loom_status loom_parallel_sync_model(loom_parallel_t p);
+// Save the parameters and optimizer state as a sharded checkpoint: the first unit's ranks each
+// write DIR/shard-RRRRR-of-PPPPP.safetensors (atomically, checksummed), then rank 0 commits
+// DIR/checkpoint.json. Collective. `loom merge DIR OUT` makes one Hugging Face directory.
+loom_status loom_parallel_save_sharded(loom_parallel_t p, const char *dir);
+// Load parameters, optimizer state and step from a sharded or merged checkpoint written under
+// any plan or device count (each rank reads the blocks its placements need). Collective.
+loom_status loom_parallel_load_checkpoint(loom_parallel_t p, const char *dir);
 // This process's first rank (0 with the local comm).
 int loom_parallel_rank(loom_parallel_t p);
 // Bytes a rank this process holds keeps: parameters, gradients, optimizer state, activations

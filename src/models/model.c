@@ -100,16 +100,8 @@ const char *loom__json_str(const json_t *root, const char *key) {
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
-loom_status loom_model_config_load(const char *path, loom_model_config *cfg) {
-    json_error_t err;
-    json_t *root = json_load_file(path, 0, &err);
-    if (!root) {
-        struct stat st;
-        if (stat(path, &st) != 0)
-            return loom__error(LOOM_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
-        return loom__error(LOOM_ERR_FORMAT, "%s: line %d, column %d: %s", path, err.line,
-                           err.column, err.text);
-    }
+// A parsed config.json (`path` names it in messages); takes the reference to `root`.
+static loom_status config_from_root(json_t *root, const char *path, loom_model_config *cfg) {
     loom_status st = LOOM_OK;
     if (!json_is_object(root)) {
         st = loom__error(LOOM_ERR_FORMAT, "%s: expected a JSON object", path);
@@ -135,6 +127,37 @@ loom_status loom_model_config_load(const char *path, loom_model_config *cfg) {
 done:
     json_decref(root);
     return st;
+}
+
+loom_status loom_model_config_load(const char *path, loom_model_config *cfg) {
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    if (!root) {
+        struct stat st;
+        if (stat(path, &st) != 0)
+            return loom__error(LOOM_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+        return loom__error(LOOM_ERR_FORMAT, "%s: line %d, column %d: %s", path, err.line,
+                           err.column, err.text);
+    }
+    return config_from_root(root, path, cfg);
+}
+
+loom_status loom_model_config_parse(const char *text, const char *source, loom_model_config *cfg) {
+    json_error_t err;
+    json_t *root = json_loads(text, 0, &err);
+    if (!root)
+        return loom__error(LOOM_ERR_FORMAT, "%s: line %d, column %d: %s", source, err.line,
+                           err.column, err.text);
+    return config_from_root(root, source, cfg);
+}
+
+char *loom_model_config_to_json(const loom_model_config *cfg) {
+    const loom_family_i *fam = loom__family(cfg->family);
+    json_t *j = fam ? fam->to_json(cfg) : NULL;
+    if (!j) return NULL;
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(j);
+    return text;
 }
 
 loom_status loom_model_config_validate(const loom_model_config *cfg) {

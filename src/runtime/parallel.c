@@ -8,41 +8,12 @@
 #include "models/family.h"
 #include "plan/plan.h"
 #include "plan/shard.h"
-#include "runtime/runner.h"
+#include "runtime/parallel-impl.h"
 
 #include <omp.h>
 #include <pthread.h>
 #include <string.h>
 #include <unistd.h>
-
-typedef struct rank_state {
-    struct loom_parallel *par;
-    int rank, unit, index;            // global rank, unit (dp index), index inside the unit
-    loom_comm_t world, unit_comm, dp_comm, zero_comm, zero_cross;
-    loom_local_graph lg;
-    loom_runner *runner;
-    float *params;                    // the rank's parameter region
-    int32_t *batch[3];                // tokens, targets, positions: (grad_accum, B_local, T)
-    loom_value inputs[3];
-    int64_t rows;                     // B_local
-    float loss;                       // the step's loss, averaged over the units
-    loom_status status;
-    char error[1024];
-} rank_state;
-
-// Ranks held by this process: all of them as threads (local), or its own one (mpi).
-struct loom_parallel {
-    loom_model_t model;
-    int n_held;                       // entries of `ranks`
-    loom_compute_config cc;
-    loom_train_config tc;
-    int parts, units, nranks, threads_per_rank;
-    loom_graph_t global;
-    loom_value loss;
-    loom_plan plan;
-    rank_state *ranks;
-    const int32_t *step_tokens, *step_targets;
-};
 
 static const char *const policy_names[] = {"dp", "tp", "data"};
 
@@ -68,11 +39,9 @@ int loom_parallel_rank(loom_parallel_t p) { return p->ranks[0].rank; }
 
 // ---- running one function on every rank's thread -------------------------------------------------
 
-typedef loom_status (*rank_fn)(rank_state *rs);
-
 typedef struct rank_job {
     rank_state *rs;
-    rank_fn fn;
+    loom__rank_fn fn;
 } rank_job;
 
 static void *rank_main(void *arg) {
@@ -92,7 +61,7 @@ static void *rank_main(void *arg) {
 
 // Run fn on every rank this process holds, concurrently; the first failing rank's message
 // becomes the error.
-static loom_status run_ranks(loom_parallel_t p, rank_fn fn) {
+loom_status loom__run_ranks(loom_parallel_t p, loom__rank_fn fn) {
     if (p->cc.comm == LOOM_COMM_MPI) {
         rank_job job = {&p->ranks[0], fn};
         rank_main(&job);
@@ -338,7 +307,7 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
     }
     loom__free(world);
     world = NULL;
-    st = run_ranks(p, rank_setup);
+    st = loom__run_ranks(p, rank_setup);
     if (st < 0) goto fail;
     *out = p;
     return LOOM_OK;
@@ -408,7 +377,7 @@ loom_status loom_parallel_step(loom_parallel_t p, const int32_t *tokens, const i
     p->step_tokens = tokens;
     p->step_targets = targets;
     double t0 = omp_get_wtime();
-    LOOM_CHECK(run_ranks(p, rank_step));
+    LOOM_CHECK(loom__run_ranks(p, rank_step));
     double dt = omp_get_wtime() - t0;
     if (stats) {
         stats->loss = p->ranks[0].loss;
@@ -419,7 +388,7 @@ loom_status loom_parallel_step(loom_parallel_t p, const int32_t *tokens, const i
     return LOOM_OK;
 }
 
-loom_status loom_parallel_sync_model(loom_parallel_t p) { return run_ranks(p, rank_merge); }
+loom_status loom_parallel_sync_model(loom_parallel_t p) { return loom__run_ranks(p, rank_merge); }
 
 loom_memory_stats loom_parallel_memory(loom_parallel_t p, int rank) {
     loom_memory_stats m = {0};

@@ -1,0 +1,46 @@
+// Internals of the parallel trainer shared by its files (stepping, checkpoints).
+
+#ifndef LOOM_RUNTIME_PARALLEL_IMPL_H
+#define LOOM_RUNTIME_PARALLEL_IMPL_H
+
+#include "loom/parallel.h"
+#include "plan/plan.h"
+#include "runtime/runner.h"
+
+typedef struct rank_state {
+    struct loom_parallel *par;
+    int rank, unit, index;            // global rank, unit (dp index), index inside the unit
+    loom_comm_t world, unit_comm, dp_comm, zero_comm, zero_cross;
+    loom_local_graph lg;
+    loom_runner *runner;
+    float *params;                    // the rank's parameter region
+    int32_t *batch[3];                // tokens, targets, positions: (grad_accum, B_local, T)
+    loom_value inputs[3];
+    int64_t rows;                     // B_local
+    float loss;                       // the step's loss, averaged over the units
+    loom_status status;
+    char error[1024];
+} rank_state;
+
+// Ranks held by this process: all of them as threads (local), or its own one (mpi).
+struct loom_parallel {
+    loom_model_t model;
+    int n_held;                       // entries of `ranks`
+    loom_compute_config cc;
+    loom_train_config tc;
+    int parts, units, nranks, threads_per_rank;
+    loom_graph_t global;
+    loom_value loss;
+    loom_plan plan;
+    rank_state *ranks;
+    const int32_t *step_tokens, *step_targets;
+    const char *io_dir;               // checkpoint directory of the current save or load
+};
+
+typedef loom_status (*loom__rank_fn)(rank_state *rs);
+
+// Run fn on every rank this process holds, concurrently (threads for the local comm); the first
+// rank that failed on its own names the error.
+loom_status loom__run_ranks(loom_parallel_t p, loom__rank_fn fn);
+
+#endif // LOOM_RUNTIME_PARALLEL_IMPL_H
