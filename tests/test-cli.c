@@ -385,6 +385,70 @@ static void test_train_save_generate(void) {
     run_free(&r);
 }
 
+// The loss and step of the last JSON line of a --log-json run.
+static double last_json_loss(const char *out, long long *step) {
+    const char *last = out, *p = out;
+    while (p && *p) {
+        const char *nl = strchr(p, '\n');
+        if (nl && nl[1]) last = nl + 1;
+        p = nl ? nl + 1 : NULL;
+    }
+    json_error_t e;
+    json_t *j = json_loadb(last, strcspn(last, "\n"), 0, &e);
+    double loss = j ? json_number_value(json_object_get(j, "loss")) : NAN;
+    *step = j ? json_integer_value(json_object_get(j, "step")) : -1;
+    json_decref(j);
+    return loss;
+}
+
+// Parallel training from the CLI: a tensor-parallel x data-parallel run with ZeRO saves a
+// sharded checkpoint, `loom merge` joins it, and a run resumed on another plan continues with
+// the single-device losses.
+static void test_parallel_save_merge_resume(void) {
+    char shards[600], merged[600];
+    snprintf(shards, sizeof shards, "%s/shards", tu_scratch);
+    snprintf(merged, sizeof merged, "%s/merged", tu_scratch);
+#define MODEL "--model", "gpt2", "--layers", "1", "--embd", "32", "--heads", "2", "--ctx", "32", \
+              "--data", text_path, "--batch", "4", "--seq", "16", "--log-json", "--threads", "1"
+    run_result single = run_cli("train", MODEL, "--steps", "4", NULL);
+    CHECK_MSG(single.code == 0, "single-device run: %d\n%s", single.code, single.err);
+    long long step = 0;
+    double want = last_json_loss(single.out, &step);
+    CHECK(step == 4);
+    run_result par = run_cli("train", MODEL, "--steps", "3", "--devices", "4", "--plan-devices",
+                             "2", "--policy", "tp", "--zero", "--save-sharded", shards, NULL);
+    CHECK_MSG(par.code == 0, "parallel run: %d\n%s", par.code, par.err);
+    CHECK_MSG(has(par.err, "device allocation") && has(par.err, "rank3") &&
+                  has(par.err, "optimizer state"), "no allocation table:\n%s", par.err);
+    run_result merge = run_cli("merge", shards, merged, NULL);
+    CHECK_MSG(merge.code == 0, "merge: %d\n%s", merge.code, merge.err);
+    char path[700];
+    snprintf(path, sizeof path, "%s/model.safetensors", merged);
+    CHECK_MSG(access(path, F_OK) == 0, "merge wrote no %s", path);
+    run_result resumed = run_cli("train", "--resume", merged, "--data", text_path, "--batch", "4",
+                                 "--seq", "16", "--log-json", "--threads", "1", "--steps", "1",
+                                 "--devices", "2", NULL);
+    CHECK_MSG(resumed.code == 0, "resume: %d\n%s", resumed.code, resumed.err);
+    double got = last_json_loss(resumed.out, &step);
+    CHECK_MSG(step == 4 && fabs(got - want) <= 1e-5 * fabs(want),
+              "resumed step %lld loss %.7f, single device step 4 loss %.7f", step, got, want);
+    run_free(&single), run_free(&par), run_free(&merge), run_free(&resumed);
+    // Bad parallel settings.
+    run_result r = run_cli("train", MODEL, "--devices", "3", "--plan-devices", "2", NULL);
+    CHECK_MSG(r.code == 2 && has(r.err, "multiple"), "devices 3 / plan 2: %d %s", r.code, r.err);
+    run_free(&r);
+    r = run_cli("train", MODEL, "--devices", "2", "--policy", "pipeline", NULL);
+    CHECK_MSG(r.code == 2 && has_line_starting(r.err, "usage:"), "bad policy: %d", r.code);
+    run_free(&r);
+    r = run_cli("train", MODEL, "--devices", "3", "--policy", "tp", NULL);
+    CHECK_MSG(r.code == 1 && has(r.err, "h.0.attn"), "tp 3: %d %s", r.code, r.err);
+    run_free(&r);
+    r = run_cli("train", "--resume", "/nonexistent/ckpt", "--data", text_path, NULL);
+    CHECK_MSG(r.code == 1 && has(r.err, "/nonexistent/ckpt"), "bad resume: %d %s", r.code, r.err);
+    run_free(&r);
+#undef MODEL
+}
+
 int main(void) {
     if (access(LOOM_CLI_PATH, X_OK) != 0) {
         fprintf(stderr, "loom CLI not found at %s\n", LOOM_CLI_PATH);
@@ -399,6 +463,7 @@ int main(void) {
     test_usage_errors();
     test_bad_inputs();
     test_train_save_generate();
+    test_parallel_save_merge_resume();
     tu_remove_tree(tu_scratch);
     return tu_finish();
 }

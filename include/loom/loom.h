@@ -3,11 +3,14 @@
 #ifndef LOOM_LOOM_H
 #define LOOM_LOOM_H
 
+#include "loom/checkpoint.h"
+#include "loom/comm.h"
 #include "loom/data.h"
 #include "loom/dtype.h"
 #include "loom/exec.h"
 #include "loom/graph.h"
 #include "loom/model.h"
+#include "loom/parallel.h"
 #include "loom/safetensors.h"
 #include "loom/status.h"
 #include "loom/train.h"

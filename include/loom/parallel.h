@@ -70,6 +70,8 @@ loom_status loom_parallel_save_sharded(loom_parallel_t p, const char *dir);
 // Load parameters, optimizer state and step from a sharded or merged checkpoint written under
 // any plan or device count (each rank reads the blocks its placements need). Collective.
 loom_status loom_parallel_load_checkpoint(loom_parallel_t p, const char *dir);
+// Optimizer steps taken so far (restored by loom_parallel_load_checkpoint).
+int64_t loom_parallel_steps_done(loom_parallel_t p);
 // This process's first rank (0 with the local comm).
 int loom_parallel_rank(loom_parallel_t p);
 // Bytes a rank this process holds keeps: parameters, gradients, optimizer state, activations

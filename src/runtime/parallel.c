@@ -36,6 +36,7 @@ loom_compute_config loom_compute_config_default(void) {
 
 int loom_parallel_nranks(loom_parallel_t p) { return p->nranks; }
 int loom_parallel_rank(loom_parallel_t p) { return p->ranks[0].rank; }
+int64_t loom_parallel_steps_done(loom_parallel_t p) { return p->ranks[0].runner->step; }
 
 // ---- running one function on every rank's thread -------------------------------------------------
 

@@ -22,6 +22,9 @@ typedef struct cli_ctx {
 // -h / --help; NULL at the end. Unknown options and stray arguments exit 2 with the usage line.
 const char *cli_next_option(const cli_ctx *c, int argc, char **argv, const struct option *opts,
                             const char **arg);
+// The same, leaving positional arguments at argv[optind..argc) for the caller.
+const char *cli_next_option_positional(const cli_ctx *c, int argc, char **argv,
+                                       const struct option *opts, const char **arg);
 
 int cli_int(const cli_ctx *c, const char *flag, const char *text, long min, long max);
 float cli_float(const cli_ctx *c, const char *flag, const char *text, double min, double max);
@@ -36,6 +39,7 @@ int cli_print_token(int32_t token, void *user);
 int cmd_train(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_graph(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 // Progress line on stderr: a bar on a terminal, a plain line every `every` steps otherwise.
 typedef struct cli_progress {
@@ -60,6 +64,8 @@ int cli_model_option(const cli_ctx *c, cli_model_opts *m, const char *name, cons
 // Usage checks of the model flags (exits 2 on misuse); cli_model_load runs them too.
 void cli_model_check(const cli_ctx *c, const cli_model_opts *m);
 int cli_model_load(const cli_ctx *c, const cli_model_opts *m, loom_model_t *out);
+// A model with the config of a sharded or merged checkpoint (weights not loaded).
+int cli_model_from_checkpoint(const char *dir, loom_model_t *out);
 #define CLI_MODEL_OPTIONS                                                                  \
     {"model-dir", required_argument, 0, 0}, {"model", required_argument, 0, 0},            \
     {"layers", required_argument, 0, 0}, {"embd", required_argument, 0, 0},               \

@@ -38,6 +38,10 @@ static void print_help(void) {
            "                         (tp) or split every op on the batch (data); default dp\n"
            "  --comm local|mpi       ranks as threads of this process (local, default) or one\n"
            "                         process per rank under mpirun (chosen by itself there)\n"
+           "  --save-sharded DIR     write a sharded checkpoint (one file per rank of the first\n"
+           "                         copy, parameters + optimizer state; loom merge joins it)\n"
+           "  --resume DIR           continue from a sharded or merged checkpoint written under\n"
+           "                         any plan (parameters, optimizer state, step)\n"
            "  --zero                 ZeRO-1: shard the optimizer state over the copies\n"
            "  --zero-groups K        K ZeRO groups, each holding one copy of the state (default 1)\n"
            "  --zero-reduce-scatter on|off  reduce-scatter gradients in a group (default on)\n"
@@ -71,11 +75,12 @@ int cmd_train(int argc, char **argv) {
         {"profile", no_argument, 0, 0}, {"devices", required_argument, 0, 0},
         {"plan-devices", required_argument, 0, 0}, {"policy", required_argument, 0, 0},
         {"comm", required_argument, 0, 0}, {"zero", no_argument, 0, 0},
+        {"save-sharded", required_argument, 0, 0}, {"resume", required_argument, 0, 0},
         {"zero-groups", required_argument, 0, 0}, {"zero-reduce-scatter", required_argument, 0, 0},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     loom_compute_config cc = loom_compute_config_default();
     int plan_devices = 0;
-    const char *policy = "dp", *comm = NULL;
+    const char *policy = "dp", *comm = NULL, *save_sharded = NULL, *resume = NULL;
     const char *name, *arg;
     while ((name = cli_next_option(&c, argc, argv, opts, &arg))) {
         if (!strcmp(name, "help")) {
@@ -107,6 +112,8 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "policy")) policy = arg;
         else if (!strcmp(name, "comm")) comm = arg;
         else if (!strcmp(name, "zero")) cc.use_zero = 1;
+        else if (!strcmp(name, "save-sharded")) save_sharded = arg;
+        else if (!strcmp(name, "resume")) resume = arg;
         else if (!strcmp(name, "zero-groups")) cc.zero_ngroups = cli_int(&c, name, arg, 1, 1 << 16);
         else if (!strcmp(name, "zero-reduce-scatter")) {
             if (strcmp(arg, "on") && strcmp(arg, "off"))
@@ -114,7 +121,7 @@ int cmd_train(int argc, char **argv) {
             cc.zero_reduce_scatter = !strcmp(arg, "on");
         }
     }
-    cli_model_check(&c, &mo);
+    if (!resume || mo.dir || mo.family) cli_model_check(&c, &mo);
     if (!data) cli_usage_error(&c, "--data FILE is required");
     if (!strcmp(optimizer, "adamw")) tc.optimizer = LOOM_OPTIM_ADAMW;
     else if (!strcmp(optimizer, "sgd")) tc.optimizer = LOOM_OPTIM_SGD;
@@ -132,12 +139,18 @@ int cmd_train(int argc, char **argv) {
     if (cc.runtime_ndevices % cc.plan_ndevices)
         cli_usage_error(&c, "--devices %d is not a multiple of --plan-devices %d",
                         cc.runtime_ndevices, cc.plan_ndevices);
-    int parallel = cc.runtime_ndevices > 1 || cc.comm == LOOM_COMM_MPI;
+    // Checkpoints go through the parallel trainer (one rank is a plan too).
+    int parallel = cc.runtime_ndevices > 1 || cc.comm == LOOM_COMM_MPI || save_sharded || resume;
 
     loom_tokens_t tokens = NULL;
     if (loom_tokens_open(data, &tokens) < 0) return cli_fail("train", "reading the data");
     loom_model_t model = NULL;
-    if (cli_model_load(&c, &mo, &model) != 0) return loom_tokens_close(tokens), 1;
+    if (resume && !mo.dir && !mo.family) {
+        // The checkpoint's own model: its config; the weights come with --resume below.
+        if (cli_model_from_checkpoint(resume, &model) != 0) return loom_tokens_close(tokens), 1;
+    } else if (cli_model_load(&c, &mo, &model) != 0) {
+        return loom_tokens_close(tokens), 1;
+    }
     const loom_model_config *mc = loom_model_get_config(model);
     int rc = 1;
     loom_trainer_t trainer = NULL;
@@ -162,6 +175,16 @@ int cmd_train(int argc, char **argv) {
         goto done;
     }
     if (par) rank = loom_parallel_rank(par);
+    int64_t first_step = 0;  // a resumed run continues the data stream where it stopped
+    if (resume) {
+        if (loom_parallel_load_checkpoint(par, resume) < 0) {
+            rc = cli_fail("train", "resuming");
+            goto done;
+        }
+        first_step = loom_parallel_steps_done(par);
+        fprintf(rank == 0 ? stderr : info, "resumed from %s at step %lld\n", resume,
+                (long long)first_step);
+    }
     // Under mpirun every process runs this; only rank 0 talks.
     if (rank != 0) log_json = 0;
     if (rank != 0) info = fopen("/dev/null", "w");
@@ -192,7 +215,7 @@ int cmd_train(int argc, char **argv) {
     for (int step = 0; step < steps; step++) {
         for (int k = 0; k < tc.grad_accum; k++) {
             size_t off = (size_t)k * tc.batch * tc.seq;
-            if (loom_tokens_batch(tokens, (int64_t)step * tc.grad_accum + k, tc.batch, tc.seq,
+            if (loom_tokens_batch(tokens, (first_step + step) * tc.grad_accum + k, tc.batch, tc.seq,
                                   inputs + off, targets + off) < 0) {
                 rc = cli_fail("train", "reading a batch");
                 goto done;
@@ -206,8 +229,8 @@ int cmd_train(int argc, char **argv) {
             goto done;
         }
         if (log_json) {
-            printf("{\"step\": %d, \"loss\": %.6f, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
-                   "\"ms\": %.2f}\n", step + 1, (double)s.loss, (double)s.grad_norm,
+            printf("{\"step\": %lld, \"loss\": %.6f, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
+                   "\"ms\": %.2f}\n", (long long)(first_step + step + 1), (double)s.loss, (double)s.grad_norm,
                    s.tokens_per_s, s.seconds * 1e3);
             fflush(stdout);
         } else if (rank == 0) {
@@ -220,6 +243,14 @@ int cmd_train(int argc, char **argv) {
         fprintf(info, "trained %d steps in %.1f s (%.0f tokens/s)\n", steps, elapsed,
                 (double)steps * (double)per_step / elapsed);
     if (profile && trainer) loom_trainer_profile(trainer, stderr);
+    if (save_sharded) {
+        if (loom_parallel_save_sharded(par, save_sharded) < 0) {
+            rc = cli_fail("train", "saving the sharded checkpoint");
+            goto done;
+        }
+        fprintf(info, "saved a sharded checkpoint in %s (loom merge %s OUT joins it)\n",
+                save_sharded, save_sharded);
+    }
     if (par && (save || sample > 0) && loom_parallel_sync_model(par) < 0) {
         rc = cli_fail("train", "merging the parameters");
         goto done;

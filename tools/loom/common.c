@@ -21,8 +21,8 @@ void cli_usage_error(const cli_ctx *c, const char *fmt, ...) {
     exit(CLI_EXIT_USAGE);
 }
 
-const char *cli_next_option(const cli_ctx *c, int argc, char **argv, const struct option *opts,
-                            const char **arg) {
+static const char *next_option(const cli_ctx *c, int argc, char **argv,
+                               const struct option *opts, const char **arg, int positional) {
     static char **started;  // argv being parsed: getopt's state restarts for a new one
     if (started != argv) {
         started = argv;
@@ -35,10 +35,20 @@ const char *cli_next_option(const cli_ctx *c, int argc, char **argv, const struc
     if (ch == 'h') return "help";
     if (ch == '?') cli_usage_error(c, "unknown or incomplete option '%s'", argv[optind - 1]);
     if (ch == -1) {
-        if (optind < argc) cli_usage_error(c, "unexpected argument '%s'", argv[optind]);
+        if (!positional && optind < argc) cli_usage_error(c, "unexpected argument '%s'", argv[optind]);
         return NULL;
     }
     return opts[idx].name;
+}
+
+const char *cli_next_option(const cli_ctx *c, int argc, char **argv, const struct option *opts,
+                            const char **arg) {
+    return next_option(c, argc, argv, opts, arg, 0);
+}
+
+const char *cli_next_option_positional(const cli_ctx *c, int argc, char **argv,
+                                       const struct option *opts, const char **arg) {
+    return next_option(c, argc, argv, opts, arg, 1);
 }
 
 int cli_int(const cli_ctx *c, const char *flag, const char *text, long min, long max) {
@@ -128,6 +138,22 @@ int cli_model_load(const cli_ctx *c, const cli_model_opts *m, loom_model_t *out)
     if (loom_model_create(&cfg, m->seed ? m->seed : 1337, out) < 0)
         return cli_fail(c->cmd, "creating the model");
     return 0;
+}
+
+int cli_model_from_checkpoint(const char *dir, loom_model_t *out) {
+    loom_checkpoint_t ck;
+    if (loom_checkpoint_open(dir, &ck) < 0) return cli_fail("train", "opening the checkpoint");
+    const char *json = loom_checkpoint_config_json(ck);
+    loom_model_config cfg;
+    int rc = 0;
+    if (!json) {
+        fprintf(stderr, "loom train: %s holds no model config; give --model-dir too\n", dir);
+        rc = 1;
+    } else if (loom_model_config_parse(json, dir, &cfg) < 0 || loom_model_create(&cfg, 1, out) < 0) {
+        rc = cli_fail("train", "reading the checkpoint's model config");
+    }
+    loom_checkpoint_close(ck);
+    return rc;
 }
 
 // ---- progress -------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ static const char *usage =
     "  train      train a model on a token file or a text file\n"
     "  generate   sample text from a model with a key/value cache\n"
     "  graph      print a model's graph and its per-rank program\n"
+    "  merge      join a sharded checkpoint into one Hugging Face directory\n"
     "\n"
     "Run 'loom <command> --help' for a command's options.\n";
 
@@ -32,6 +33,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "train")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "graph")) return cmd_graph(argc - 1, argv + 1);
+    if (!strcmp(cmd, "merge")) return cmd_merge(argc - 1, argv + 1);
     fprintf(stderr, "loom: unknown command '%s'\n%s", cmd, usage);
     return CLI_EXIT_USAGE;
 }
