@@ -73,15 +73,17 @@ static void single_device(const char *name, reference *ref) {
 
 typedef struct zero_opts {
     int use, groups, reduce_scatter;
+    int sync_reducer;  // one all-reduce after the backward instead of overlapped buckets
 } zero_opts;
 
-static const zero_opts no_zero = {0, 1, 1};
+static const zero_opts no_zero = {0, 1, 1, 0};
 
 static void parity(const char *name, const reference *ref, loom_policy policy, int plan,
                    int runtime, zero_opts zero) {
     char what[128];
-    snprintf(what, sizeof what, "%s %s plan %d runtime %d%s", name, loom_policy_name(policy),
-             plan, runtime, !zero.use ? "" : zero.reduce_scatter ? " zero rs" : " zero ar");
+    snprintf(what, sizeof what, "%s %s plan %d runtime %d%s%s", name, loom_policy_name(policy),
+             plan, runtime, !zero.use ? "" : zero.reduce_scatter ? " zero rs" : " zero ar",
+             zero.sync_reducer ? " sync reducer" : "");
     if (zero.use && zero.groups > 1)
         snprintf(what + strlen(what), sizeof what - strlen(what), " %d groups", zero.groups);
     loom_model_t m = load(name);
@@ -93,6 +95,8 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
     cc.use_zero = zero.use;
     cc.zero_ngroups = zero.groups;
     cc.zero_reduce_scatter = zero.reduce_scatter;
+    cc.bucket_bytes = 4096;  // several buckets even for these tiny models
+    cc.async_reducer = !zero.sync_reducer;
     loom_train_config tc = train_config();
     loom_parallel_t p = NULL;
     loom_status st = loom_parallelize(m, &cc, &tc, &p);
@@ -255,6 +259,7 @@ int main(void) {
         single_device(models[i], &ref);
         parity(models[i], &ref, LOOM_POLICY_DP, 1, 2, no_zero);
         parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, no_zero);
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 2, (zero_opts){0, 1, 1, 1});
         parity(models[i], &ref, LOOM_POLICY_DATA, 2, 2, no_zero);
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 2, no_zero);
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, no_zero);

@@ -42,6 +42,8 @@ typedef struct loom_compute_config {
     int use_zero;           // ZeRO-1: shard the optimizer state over the data-parallel units
     int zero_ngroups;       // ZeRO groups (each holds one copy of the optimizer state)
     int zero_reduce_scatter;  // reduce-scatter gradients inside a ZeRO group (else all-reduce)
+    int async_reducer;      // all-reduce gradient buckets during the backward (default on)
+    size_t bucket_bytes;    // gradient bucket size (default 25 MB)
     loom_comm_kind comm;    // LOOM_COMM_LOCAL: ranks are threads of this process
     double timeout_s;       // a rank that stops answering fails the others after this
 } loom_compute_config;

@@ -30,7 +30,8 @@ int loom_policy_from_name(const char *name) {
 loom_compute_config loom_compute_config_default(void) {
     return (loom_compute_config){.plan_ndevices = 1, .runtime_ndevices = 1,
                                  .policy = LOOM_POLICY_DP, .zero_ngroups = 1,
-                                 .zero_reduce_scatter = 1, .comm = LOOM_COMM_LOCAL,
+                                 .zero_reduce_scatter = 1, .async_reducer = 1,
+                                 .bucket_bytes = 25u << 20, .comm = LOOM_COMM_LOCAL,
                                  .timeout_s = 60.0};
 }
 
@@ -196,6 +197,9 @@ static loom_status rank_setup(rank_state *rs) {
     r->zero_comm = rs->zero_comm;
     r->zero_cross = rs->zero_cross;
     r->zero_reduce_scatter = p->cc.zero_reduce_scatter;
+    // Overlap the gradient all-reduce with the backward (not with ZeRO's reduce-scatter).
+    if (p->cc.async_reducer && !(zero && p->cc.zero_reduce_scatter))
+        LOOM_CHECK(loom__runner_enable_buckets(r, p->cc.bucket_bytes ? p->cc.bucket_bytes : 1));
     // Replicated parameters count in the gradient norm on the unit's first rank only.
     r->norm_skip = loom__calloc((size_t)(prog->n_params ? prog->n_params : 1), 1);
     if (!r->norm_skip) return LOOM_ERR_NOMEM;

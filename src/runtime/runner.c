@@ -63,6 +63,9 @@ void loom__runner_free(loom_runner *r) {
     loom__free(r->ptr);
     loom__free(r->batch_src);
     loom__free(r->norm_skip);
+    for (int b = 0; b < r->n_buckets; b++)
+        if (r->buckets[b].req) loom_comm_wait(r->buckets[b].req);
+    loom__free(r->buckets);
     loom__program_free(r->prog);
     loom__free(r);
 }
@@ -143,7 +146,10 @@ static loom_status dp_sync(loom_runner *r) {
     float *grads = r->region[LOOM_REGION_PARAM_GRAD];
     size_t n = param_floats(r), begin, len;
     owned_range(r, &begin, &len);
-    if (r->zero_comm && r->zero_reduce_scatter) {
+    double t0 = omp_get_wtime();
+    if (r->n_buckets) {
+        LOOM_CHECK(loom__buckets_finish(r));
+    } else if (r->zero_comm && r->zero_reduce_scatter) {
         LOOM_CHECK(loom_comm_reduce_scatter(r->zero_comm, grads, grads + begin, len,
                                             LOOM_DTYPE_F32, LOOM_REDUCE_SUM));
         if (r->zero_cross && loom_comm_size(r->zero_cross) > 1)
@@ -153,6 +159,7 @@ static loom_status dp_sync(loom_runner *r) {
         LOOM_CHECK(loom_comm_all_reduce(r->dp_comm, grads, grads, n, LOOM_DTYPE_F32,
                                         LOOM_REDUCE_SUM));
     }
+    r->dp_wait_seconds += omp_get_wtime() - t0;
     r->be->scale(grads + begin, 1.0f / (float)loom_comm_size(r->dp_comm), (int64_t)len);
     return LOOM_OK;
 }
@@ -234,6 +241,7 @@ loom_status loom__runner_run(loom_runner *r) {
             break;
         case LOOM_INSTR_BACKWARD:
             LOOM_CHECK(r->be->backward(g, &g->nodes[in->node], in->acc_mask, r->ptr, &r->kernel));
+            if (r->n_buckets) LOOM_CHECK(loom__buckets_start(r, i));
             break;
         case LOOM_INSTR_DP_SYNC: LOOM_CHECK(dp_sync(r)); break;
         case LOOM_INSTR_CLIP_GRADS: LOOM_CHECK(clip_grads(r)); break;

@@ -11,6 +11,14 @@ typedef struct loom_optim_params {
     float lr, beta1, beta2, eps, weight_decay, momentum, grad_clip;
 } loom_optim_params;
 
+// A contiguous range of the flat gradient region all-reduced as one message once instruction
+// `ready` (the last that writes into it) has run.
+typedef struct loom_grad_bucket {
+    size_t begin, len;  // floats
+    int ready;
+    loom_comm_request_t req;
+} loom_grad_bucket;
+
 typedef struct loom_runner {
     loom_program *prog;
     const loom_backend_i *be;
@@ -35,6 +43,10 @@ typedef struct loom_runner {
     // zero_cross links the same share across ZeRO groups. NULL: off.
     loom_comm_t zero_comm, zero_cross;
     int zero_reduce_scatter;  // reduce-scatter the gradients (else all-reduce them)
+    // Data-parallel gradient buckets overlapped with the backward (n_buckets 0: one all-reduce).
+    int n_buckets;
+    loom_grad_bucket *buckets;
+    double dp_wait_seconds;   // time the last steps spent waiting for gradient all-reduces
     // Per-op profile (seconds, forward and backward), when profiling.
     int profile;
     double op_seconds[LOOM_OP_COUNT][2];
@@ -48,6 +60,11 @@ loom_status loom__runner_create(loom_program *prog, const loom_backend_i *be, fl
 void loom__runner_free(loom_runner *r);
 // Set the optimizer and allocate its zeroed state (before the first training run).
 loom_status loom__runner_set_optimizer(loom_runner *r, const loom_optim_params *o);
+// Split the data-parallel gradient all-reduce into buckets of about `bucket_bytes`, each started
+// asynchronously as soon as the backward has written its last gradient.
+loom_status loom__runner_enable_buckets(loom_runner *r, size_t bucket_bytes);
+loom_status loom__buckets_start(loom_runner *r, int instr);
+loom_status loom__buckets_finish(loom_runner *r);
 // Floats of optimizer state this rank keeps (its ZeRO share).
 size_t loom__runner_optimizer_floats(const loom_runner *r);
 // Run every instruction once: one step (training) or one forward pass.
