@@ -264,11 +264,11 @@ int main(void) {
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 2, no_zero);
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, no_zero);
         if (i != 1) parity(models[i], &ref, LOOM_POLICY_TP, 4, 4, no_zero);
-        parity(models[i], &ref, LOOM_POLICY_DP, 1, 2, (zero_opts){1, 1, 1});
-        parity(models[i], &ref, LOOM_POLICY_DP, 1, 2, (zero_opts){1, 1, 0});
-        parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, (zero_opts){1, 2, 1});
-        parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, (zero_opts){1, 2, 0});
-        parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, (zero_opts){1, 1, 1});
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 2, (zero_opts){1, 1, 1, 0});
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 2, (zero_opts){1, 1, 0, 0});
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, (zero_opts){1, 2, 1, 0});
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, (zero_opts){1, 2, 0, 0});
+        parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, (zero_opts){1, 1, 1, 0});
         if (i < 2) test_checkpoint_round_trip(models[i], &ref);
         for (int k = 0; k < ref.n; k++) free(ref.params[k]);
         free(ref.params);
