@@ -47,6 +47,8 @@ typedef struct loom_step_stats {
     float grad_norm;            // global norm before clipping
     double seconds;
     double tokens_per_s;
+    double comm_wait_s;         // parallel runs: time rank 0 waited for the data-parallel
+                                // gradient all-reduce after its backward
 } loom_step_stats;
 
 loom_status loom_trainer_create(loom_model_t model, const loom_train_config *cfg,

@@ -387,6 +387,7 @@ loom_status loom_parallel_step(loom_parallel_t p, const int32_t *tokens, const i
     if (stats) {
         stats->loss = p->ranks[0].loss;
         stats->grad_norm = p->ranks[0].runner->last_grad_norm;
+        stats->comm_wait_s = p->ranks[0].runner->dp_wait_seconds;
         stats->seconds = dt;
         stats->tokens_per_s = (double)p->tc.grad_accum * p->tc.batch * p->tc.seq / (dt > 0 ? dt : 1e-9);
     }

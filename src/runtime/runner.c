@@ -224,6 +224,7 @@ loom_status loom__runner_run(loom_runner *r) {
     const loom_program *p = r->prog;
     const loom_graph *g = p->graph;
     r->loss_sum = 0;
+    r->dp_wait_seconds = 0;
     for (int i = 0; i < p->n_instr; i++) {
         const loom_instr *in = &p->instr[i];
         double t0 = r->profile ? omp_get_wtime() : 0;

@@ -46,7 +46,7 @@ typedef struct loom_runner {
     // Data-parallel gradient buckets overlapped with the backward (n_buckets 0: one all-reduce).
     int n_buckets;
     loom_grad_bucket *buckets;
-    double dp_wait_seconds;   // time the last steps spent waiting for gradient all-reduces
+    double dp_wait_seconds;   // time the last run waited for the gradient all-reduce
     // Per-op profile (seconds, forward and backward), when profiling.
     int profile;
     double op_seconds[LOOM_OP_COUNT][2];

@@ -125,6 +125,7 @@ static loom_status run(loom_trainer_t t, const int32_t *tokens, const int32_t *t
     if (stats) {
         stats->loss = (float)(r->loss_sum / t->cfg.grad_accum);
         stats->grad_norm = r->last_grad_norm;
+        stats->comm_wait_s = 0;
         stats->seconds = dt;
         stats->tokens_per_s =
             (double)t->cfg.grad_accum * t->cfg.batch * t->cfg.seq / (dt > 0 ? dt : 1e-9);
