@@ -1,0 +1,156 @@
+// Parallel parity on the `mpi` communicator: 4 processes under mpirun train tiny GPT-2 and LLaMA
+// 3 AdamW steps under dp4, dp2 x tp2, tp4, data2 x dp2 and dp4 with ZeRO (2 groups); every
+// rank checks the losses against its own single-device run and rank 0 checks the merged
+// parameters. Run without mpirun, the test starts itself under LOOM_MPIEXEC; it skips (77) when
+// MPI is absent.
+
+#include "loom/parallel.h"
+#include "testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__has_include)
+#if __has_include(<mpi.h>)
+#include <mpi.h>
+#define HAVE_MPI_H 1
+#endif
+#endif
+
+#define NPROC 4
+#define B 4
+#define T 16
+#define STEPS 3
+
+static int32_t tokens[B * T], targets[B * T];
+
+static loom_train_config train_config(void) {
+    loom_train_config tc = loom_train_config_default();
+    tc.batch = B;
+    tc.seq = T;
+    tc.lr = 1e-2f;
+    tc.weight_decay = 0.1f;
+    tc.eps = 1e-3f;  // see test-parallel.c
+    tc.threads = 1;
+    return tc;
+}
+
+static loom_model_t load(const char *name) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/oracle/%s", LOOM_TEST_DATA, name);
+    loom_model_t m = NULL;
+    CHECK_OK(loom_model_load(dir, &m));
+    return m;
+}
+
+#ifdef HAVE_MPI_H
+static int rank;
+
+static void parity(const char *name, const float *ref_losses, loom_model_t ref_model,
+                   loom_policy policy, int plan, int zero_groups) {
+    loom_model_t m = load(name);
+    loom_compute_config cc = loom_compute_config_default();
+    cc.comm = LOOM_COMM_MPI;
+    cc.policy = policy;
+    cc.plan_ndevices = plan;
+    cc.runtime_ndevices = NPROC;
+    cc.use_zero = zero_groups > 0;
+    cc.zero_ngroups = zero_groups > 0 ? zero_groups : 1;
+    cc.timeout_s = 60;
+    cc.bucket_bytes = 4096;
+    loom_train_config tc = train_config();
+    loom_parallel_t p = NULL;
+    char what[96];
+    snprintf(what, sizeof what, "%s %s plan %d of %d%s (rank %d)", name, loom_policy_name(policy),
+             plan, NPROC, zero_groups ? " zero" : "", rank);
+    loom_status st = loom_parallelize(m, &cc, &tc, &p);
+    CHECK_MSG(st == 0, "%s: %s", what, loom_last_error());
+    for (int s = 0; st == 0 && s < STEPS; s++) {
+        loom_step_stats stats;
+        CHECK_OK(loom_parallel_step(p, tokens, targets, &stats));
+        CHECK_MSG(fabs(stats.loss - ref_losses[s]) <= 1e-5 * fabs(ref_losses[s]),
+                  "%s: step %d loss %.7f vs %.7f", what, s, stats.loss, ref_losses[s]);
+    }
+    if (st == 0) CHECK_OK(loom_parallel_sync_model(p));
+    if (st == 0 && rank == 0) {
+        double worst = 0;
+        for (int i = 0; i < loom_model_n_tensors(m); i++) {
+            const char *pname = loom_model_tensor_name(m, i, NULL, NULL);
+            float *got, *want;
+            int64_t n;
+            loom_model_tensor(m, pname, &got, &n);
+            loom_model_tensor(ref_model, pname, &want, NULL);
+            double err = tu_max_rel_err(got, want, (size_t)n, 1e-6);
+            if (err > worst) worst = err;
+        }
+        CHECK_MSG(worst < 1e-5, "%s: merged parameters relative error %.3g", what, worst);
+        printf("%-40s parameters %.1e\n", what, worst);
+    }
+    loom_parallel_free(p);
+    loom_model_free(m);
+}
+
+static int run_under_mpi(void) {
+    MPI_Init(NULL, NULL);  // loom then leaves MPI to us (no finalize of its own)
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    const char *models[] = {"gpt2", "llama"};
+    for (int i = 0; i < 2; i++) {
+        loom_model_t ref = load(models[i]);
+        loom_train_config tc = train_config();
+        loom_trainer_t t;
+        float losses[STEPS];
+        CHECK_OK(loom_trainer_create(ref, &tc, &t));
+        for (int s = 0; s < STEPS; s++) {
+            loom_step_stats st;
+            CHECK_OK(loom_trainer_step(t, tokens, targets, &st));
+            losses[s] = st.loss;
+        }
+        loom_trainer_free(t);
+        parity(models[i], losses, ref, LOOM_POLICY_DP, 1, 0);
+        parity(models[i], losses, ref, LOOM_POLICY_TP, 2, 0);
+        parity(models[i], losses, ref, LOOM_POLICY_DATA, 2, 0);
+        parity(models[i], losses, ref, LOOM_POLICY_DP, 1, 2);
+        if (i == 0) parity(models[i], losses, ref, LOOM_POLICY_TP, 4, 0);
+        loom_model_free(ref);
+    }
+    int mine[2] = {tu_passed, tu_failed}, all[2];
+    MPI_Allreduce(mine, all, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Finalize();
+    if (rank == 0) printf("%d passed, %d failed\n", all[0], all[1]);
+    return all[1] ? 1 : 0;
+}
+#endif
+
+int main(int argc, char **argv) {
+    uint32_t s = 4242;
+    for (int i = 0; i < B * T; i++) {
+        s = s * 1664525u + 1013904223u;
+        tokens[i] = (int32_t)((s >> 8) % 96);
+        targets[i] = (int32_t)((s >> 16) % 96);
+    }
+#ifndef HAVE_MPI_H
+    (void)argc, (void)argv;
+    printf("built without MPI headers: skipped\n");
+    return 77;
+#else
+    if (!loom_comm_mpi_available() || !LOOM_MPIEXEC[0]) {
+        printf("loom has no MPI support or mpirun is missing: skipped\n");
+        return 77;
+    }
+    if (loom_comm_mpi_launched()) return run_under_mpi();
+    // Start NPROC copies of this program under mpirun (as root in CI containers).
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
+    setenv("OMP_NUM_THREADS", "1", 1);
+    setenv("ASAN_OPTIONS", "detect_leaks=0", 1);  // OpenMPI keeps allocations until exit
+    char np[8];
+    snprintf(np, sizeof np, "%d", NPROC);
+    fflush(stdout);
+    execl(LOOM_MPIEXEC, LOOM_MPIEXEC, "-np", np, "--oversubscribe", argv[0], (char *)NULL);
+    fprintf(stderr, "cannot run %s: skipped\n", LOOM_MPIEXEC);
+    (void)argc;
+    return 77;
+#endif
+}
