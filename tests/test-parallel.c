@@ -78,12 +78,15 @@ typedef struct zero_opts {
 
 static const zero_opts no_zero = {0, 1, 1, 0};
 
+// Partition constraints the next parity() runs under (NULL: none).
+static loom_constraints_t g_constraints;
+
 static void parity(const char *name, const reference *ref, loom_policy policy, int plan,
                    int runtime, zero_opts zero) {
     char what[128];
-    snprintf(what, sizeof what, "%s %s plan %d runtime %d%s%s", name, loom_policy_name(policy),
+    snprintf(what, sizeof what, "%s %s plan %d runtime %d%s%s%s", name, loom_policy_name(policy),
              plan, runtime, !zero.use ? "" : zero.reduce_scatter ? " zero rs" : " zero ar",
-             zero.sync_reducer ? " sync reducer" : "");
+             zero.sync_reducer ? " sync reducer" : "", g_constraints ? " constrained" : "");
     if (zero.use && zero.groups > 1)
         snprintf(what + strlen(what), sizeof what - strlen(what), " %d groups", zero.groups);
     loom_model_t m = load(name);
@@ -97,6 +100,7 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
     cc.zero_reduce_scatter = zero.reduce_scatter;
     cc.bucket_bytes = 4096;  // several buckets even for these tiny models
     cc.async_reducer = !zero.sync_reducer;
+    cc.constraints = g_constraints;
     loom_train_config tc = train_config();
     loom_parallel_t p = NULL;
     loom_status st = loom_parallelize(m, &cc, &tc, &p);
@@ -137,6 +141,28 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
     loom_model_free(m);
 }
 
+static loom_constraints_t constraints(const char *yaml) {
+    loom_constraints_t c = NULL;
+    CHECK_OK(loom_constraints_parse(yaml, strlen(yaml), "test.yaml", &c));
+    return c;
+}
+
+// Constraints that force hybrid layouts must keep the single-device numbers: tensor parallel
+// with the MLP's first projection replicated, and the batch-split "data" policy with attention
+// split by heads instead.
+static void test_constraints(const char *name, const reference *ref) {
+    g_constraints = constraints(
+        "- name: loom.conv1d\n  parent_module: mlp.c_fc\n  allowed_partition_dims: []\n"
+        "- name: loom.linear\n  parent_module: mlp.gate_proj\n  allowed_partition_dims: []\n");
+    parity(name, ref, LOOM_POLICY_TP, 2, 2, no_zero);
+    loom_constraints_free(g_constraints);
+    g_constraints = constraints("- name: loom.attention\n  allowed_partition_dims:\n  - 0,2\n"
+                                "  replica_allowed: false\n");
+    parity(name, ref, LOOM_POLICY_DATA, 2, 2, no_zero);
+    loom_constraints_free(g_constraints);
+    g_constraints = NULL;
+}
+
 static void expect_error(const char *name, loom_policy policy, int plan, int runtime,
                          loom_status want, const char *needle) {
     loom_model_t m = load(name);
@@ -144,6 +170,7 @@ static void expect_error(const char *name, loom_policy policy, int plan, int run
     cc.policy = policy;
     cc.plan_ndevices = plan;
     cc.runtime_ndevices = runtime;
+    cc.constraints = g_constraints;
     loom_train_config tc = train_config();
     loom_parallel_t p = NULL;
     loom_status st = loom_parallelize(m, &cc, &tc, &p);
@@ -270,6 +297,7 @@ int main(void) {
         parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, (zero_opts){1, 2, 0, 0});
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, (zero_opts){1, 1, 1, 0});
         if (i < 2) test_checkpoint_round_trip(models[i], &ref);
+        test_constraints(models[i], &ref);
         for (int k = 0; k < ref.n; k++) free(ref.params[k]);
         free(ref.params);
         free(ref.numel);
@@ -280,5 +308,14 @@ int main(void) {
     expect_error("gpt2", LOOM_POLICY_DATA, 3, 3, LOOM_ERR_SHAPE, "does not split into 3");
     expect_error("gpt2", LOOM_POLICY_TP, 3, 3, LOOM_ERR_SHAPE, "divides neither");
     expect_error("gpt2", LOOM_POLICY_TP, 2, 3, LOOM_ERR_INVALID, "multiple");
+    // Constraint files: an op loom does not have; a constraint that leaves an op nothing.
+    g_constraints = constraints("- name: torch.nn.functional.linear\n  parent_module: attn\n");
+    expect_error("gpt2", LOOM_POLICY_TP, 2, 2, LOOM_ERR_INVALID, "torch.nn.functional.linear");
+    loom_constraints_free(g_constraints);
+    g_constraints = constraints("- name: loom.conv1d\n  parent_module: h.1.mlp.c_fc\n"
+                                "  allowed_partition_dims: []\n  replica_allowed: false\n");
+    expect_error("gpt2", LOOM_POLICY_TP, 2, 2, LOOM_ERR_INVALID, "h.1.mlp.c_fc");
+    loom_constraints_free(g_constraints);
+    g_constraints = NULL;
     return tu_finish();
 }

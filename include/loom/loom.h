@@ -5,6 +5,7 @@
 
 #include "loom/checkpoint.h"
 #include "loom/comm.h"
+#include "loom/constraints.h"
 #include "loom/data.h"
 #include "loom/dtype.h"
 #include "loom/exec.h"

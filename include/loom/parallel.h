@@ -16,6 +16,7 @@
 #define LOOM_PARALLEL_H
 
 #include "loom/comm.h"
+#include "loom/constraints.h"
 #include "loom/train.h"
 
 #include <stdio.h>
@@ -44,6 +45,7 @@ typedef struct loom_compute_config {
     int zero_reduce_scatter;  // reduce-scatter gradients inside a ZeRO group (else all-reduce)
     int async_reducer;      // all-reduce gradient buckets during the backward (default on)
     size_t bucket_bytes;    // gradient bucket size (default 25 MB)
+    loom_constraints_t constraints;  // partition constraints (borrowed; NULL: none)
     loom_comm_kind comm;    // LOOM_COMM_LOCAL: ranks are threads of this process
     double timeout_s;       // a rank that stops answering fails the others after this
 } loom_compute_config;

@@ -177,6 +177,7 @@ static loom_status lower_node(pass *ps, int idx) {
         for (int i = 0; i < n->n_in && s.id == LOOM_SPLIT_NONE; i++)
             if (ps->n_versions[n->in[i]] > 0)
                 s = loom__strategy_follow(g, n, i, &ps->versions[n->in[i]][0].place);
+        LOOM_CHECK(loom__plan_constrain(ps->plan, g, n, &s));
     }
     loom_placement in_p[LOOM_MAX_IO], out_p[LOOM_MAX_IO];
     LOOM_CHECK(loom__strategy_placements(g, n, &s, ps->parts, in_p, out_p));

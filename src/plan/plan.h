@@ -6,6 +6,7 @@
 
 #include "ir/annotation.h"
 #include "ir/ir.h"
+#include "loom/constraints.h"
 #include "loom/model.h"
 #include "loom/parallel.h"
 
@@ -42,6 +43,12 @@ loom_status loom__strategy_placements(const loom_graph *g, const loom_node *n,
 // rotary embeddings, chunks follow their producer), or LOOM_SPLIT_NONE.
 loom_strategy loom__strategy_follow(const loom_graph *g, const loom_node *n, int input,
                                     const loom_placement *p);
+// The strategy splitting input `input` of `n` along `dim` (a constraint's "input,dim").
+loom_status loom__strategy_from_dim(const loom_graph *g, const loom_node *n, int input, int dim,
+                                    int parts, loom_strategy *out);
+// The (input, dim) a strategy splits: the first sharded input. 0 when it splits none.
+int loom__strategy_split_dim(const loom_graph *g, const loom_node *n, const loom_strategy *s,
+                             int parts, int *input, int *dim);
 // The identifier of `n`'s annotation named `name`, or -1.
 int loom__strategy_find_id(const loom_node *n, const char *name);
 
@@ -50,6 +57,7 @@ typedef loom_policy loom_policy_kind;
 
 typedef struct loom_plan {
     int parts;                 // devices in the unit (plan_ndevices)
+    loom_constraints_t constraints;  // borrowed; NULL: none
     loom_policy_kind policy;
     int n_nodes;               // forward nodes of the global graph
     loom_strategy *strategy;   // per global node
@@ -58,8 +66,16 @@ typedef struct loom_plan {
 // Build a plan for `g` (forward nodes) with `parts` devices per unit. `cfg` (the model's config;
 // may be NULL except for tp) selects the family's tensor-parallel policy table.
 loom_status loom__plan_create(const loom_graph *g, loom_policy_kind policy, int parts,
-                              const loom_model_config *cfg, loom_plan *plan);
+                              const loom_model_config *cfg, loom_constraints_t constraints,
+                              loom_plan *plan);
 void loom__plan_free(loom_plan *plan);
+// Make `s` obey the plan's partition constraints for node `n`: keep it when allowed, else the
+// first allowed partition dim that splits legally, else replication when allowed. Fails naming
+// the op, its module and the constraint (file, line) when nothing is left.
+loom_status loom__plan_constrain(const loom_plan *plan, const loom_graph *g, const loom_node *n,
+                                 loom_strategy *s);
+// Every constraint names an op of the op table (else an error naming the entry).
+loom_status loom__constraints_check(loom_constraints_t c);
 
 // Where each global leaf (parameter, input) lives in a rank's local graph.
 typedef struct loom_local_leaf {

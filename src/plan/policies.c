@@ -8,13 +8,6 @@
 
 #include <string.h>
 
-// `pattern` names the module path or a suffix of it on dot boundaries ("" matches all).
-static int module_matches(const char *path, const char *pattern) {
-    size_t n = strlen(path), m = strlen(pattern);
-    if (m == 0) return 1;
-    if (m > n || strcmp(path + n - m, pattern) != 0) return 0;
-    return m == n || path[n - m - 1] == '.';
-}
 
 static loom_strategy split_by(const loom_node *n, const char *id, int chunks) {
     int k = loom__strategy_find_id(n, id);
@@ -72,9 +65,12 @@ static loom_status tp_strategy(const loom_graph *g, const loom_node *n, const lo
 }
 
 loom_status loom__plan_create(const loom_graph *g, loom_policy_kind policy, int parts,
-                              const loom_model_config *cfg, loom_plan *plan) {
+                              const loom_model_config *cfg, loom_constraints_t constraints,
+                              loom_plan *plan) {
     memset(plan, 0, sizeof *plan);
     if (parts < 1) return loom__error(LOOM_ERR_INVALID, "plan: %d devices per unit", parts);
+    LOOM_CHECK(loom__constraints_check(constraints));
+    plan->constraints = constraints;
     plan->parts = parts;
     plan->policy = policy;
     plan->n_nodes = g->n_nodes;
@@ -93,12 +89,16 @@ loom_status loom__plan_create(const loom_graph *g, loom_policy_kind policy, int 
             s = (loom_strategy){LOOM_SPLIT_FOLLOW, 0, 1};
             for (const loom_tp_rule *r = rules; r->module; r++) {
                 if (strcmp(r->signature, loom__op_def(n->op)->signature) != 0 ||
-                    !module_matches(g->modules[n->module], r->module))
+                    (r->module[0] && !loom_module_matches(g->modules[n->module], r->module)))
                     continue;
                 loom_status st = tp_strategy(g, n, r, parts, cfg, &s);
                 if (st < 0) return loom__plan_free(plan), st;
                 break;
             }
+        }
+        if (s.id != LOOM_SPLIT_FOLLOW) {
+            loom_status st = loom__plan_constrain(plan, g, n, &s);
+            if (st < 0) return loom__plan_free(plan), st;
         }
         plan->strategy[i] = s;
     }

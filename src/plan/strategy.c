@@ -95,6 +95,10 @@ loom_status loom__strategy_placements(const loom_graph *g, const loom_node *n,
         return loom__error(LOOM_ERR_INVALID, "%s in module '%s': '%s' is frozen in '%s' and "
                            "cannot be split", def->signature, module_of(g, n),
                            b.ann.ids[s->id].name, def->annotation);
+    if (s->id >= 0 && b.len[s->id] % parts != 0)
+        return loom__error(LOOM_ERR_SHAPE, "%s in module '%s': '%s' has length %lld, which does "
+                           "not split into %d parts", def->signature, module_of(g, n),
+                           b.ann.ids[s->id].name, (long long)b.len[s->id], parts);
     if (s->id == LOOM_SPLIT_STAR && b.star_ndim <= s->star_dim)
         return loom__error(LOOM_ERR_INVALID, "%s in module '%s': its '*' covers %d dims, cannot "
                            "split the %d-th", def->signature, module_of(g, n), b.star_ndim,
@@ -141,4 +145,64 @@ loom_strategy loom__strategy_follow(const loom_graph *g, const loom_node *n, int
         }
     }
     return none;
+}
+
+loom_status loom__strategy_from_dim(const loom_graph *g, const loom_node *n, int input, int dim,
+                                    int parts, loom_strategy *out) {
+    *out = (loom_strategy){LOOM_SPLIT_NONE, 0, 1};
+    bound_ann b;
+    LOOM_CHECK(bind_node(g, n, &b));
+    const loom_op_def *def = loom__op_def(n->op);
+    if (input < 0 || input >= n->n_in)
+        return loom__error(LOOM_ERR_INVALID, "%s in module '%s' has no input %d",
+                           def->signature, module_of(g, n), input);
+    const loom_value_info *vi = &g->values[n->in[input]];
+    if (dim < 0) dim += vi->ndim;
+    if (dim < 0 || dim >= vi->ndim)
+        return loom__error(LOOM_ERR_INVALID, "%s in module '%s': input %d has no dim %d",
+                           def->signature, module_of(g, n), input, dim);
+    const loom_ann_tensor *at = &b.ann.tensors[input];
+    for (int d = 0; d < at->n_dims; d++) {
+        int first = actual_dim(&b, input, d);
+        if (at->dims[d].n_factors == 0) {
+            if (dim >= first && dim < first + b.star_ndim) {
+                *out = (loom_strategy){LOOM_SPLIT_STAR, dim - first, 1};
+                return LOOM_OK;
+            }
+            continue;
+        }
+        if (first != dim) continue;
+        // The first factor that may be split, preferring one whose length divides.
+        int pick = -1;
+        for (int f = 0; f < at->dims[d].n_factors; f++) {
+            int id = at->dims[d].factors[f];
+            if (b.ann.ids[id].kind == LOOM_ANN_FROZEN) continue;
+            if (pick < 0 || (b.len[pick] % parts != 0 && b.len[id] % parts == 0)) pick = id;
+        }
+        if (pick >= 0) {
+            *out = (loom_strategy){pick, 0, 1};
+            return LOOM_OK;
+        }
+        return loom__error(LOOM_ERR_INVALID, "%s in module '%s': dim %d of input %d is frozen "
+                           "in '%s'", def->signature, module_of(g, n), dim, input,
+                           def->annotation);
+    }
+    return loom__error(LOOM_ERR_INTERNAL, "dim %d of input %d not found in '%s'", dim, input,
+                       def->annotation);
+}
+
+int loom__strategy_split_dim(const loom_graph *g, const loom_node *n, const loom_strategy *s,
+                             int parts, int *input, int *dim) {
+    if (s->id == LOOM_SPLIT_NONE) return 0;
+    loom_placement in[LOOM_MAX_IO], out[LOOM_MAX_IO];
+    if (loom__strategy_placements(g, n, s, parts > 1 ? parts : 2, in, out) < 0) {
+        loom_clear_error();
+        return 0;
+    }
+    for (int i = 0; i < n->n_in; i++)
+        if (in[i].kind == LOOM_PLACE_SHARD) {
+            *input = i, *dim = in[i].dim;
+            return 1;
+        }
+    return 0;
 }

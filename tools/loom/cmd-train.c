@@ -42,6 +42,8 @@ static void print_help(void) {
            "                         copy, parameters + optimizer state; loom merge joins it)\n"
            "  --resume DIR           continue from a sharded or merged checkpoint written under\n"
            "                         any plan (parameters, optimizer state, step)\n"
+           "  --constraints FILE     partition constraints (nnScaler YAML: name, parent_module,\n"
+           "                         allowed_partition_dims, replica_allowed) for any policy\n"
            "  --zero                 ZeRO-1: shard the optimizer state over the copies\n"
            "  --zero-groups K        K ZeRO groups, each holding one copy of the state (default 1)\n"
            "  --zero-reduce-scatter on|off  reduce-scatter gradients in a group (default on)\n"
@@ -76,11 +78,13 @@ int cmd_train(int argc, char **argv) {
         {"plan-devices", required_argument, 0, 0}, {"policy", required_argument, 0, 0},
         {"comm", required_argument, 0, 0}, {"zero", no_argument, 0, 0},
         {"save-sharded", required_argument, 0, 0}, {"resume", required_argument, 0, 0},
+        {"constraints", required_argument, 0, 0},
         {"zero-groups", required_argument, 0, 0}, {"zero-reduce-scatter", required_argument, 0, 0},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     loom_compute_config cc = loom_compute_config_default();
     int plan_devices = 0;
     const char *policy = "dp", *comm = NULL, *save_sharded = NULL, *resume = NULL;
+    const char *constraints_path = NULL;
     const char *name, *arg;
     while ((name = cli_next_option(&c, argc, argv, opts, &arg))) {
         if (!strcmp(name, "help")) {
@@ -114,6 +118,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "zero")) cc.use_zero = 1;
         else if (!strcmp(name, "save-sharded")) save_sharded = arg;
         else if (!strcmp(name, "resume")) resume = arg;
+        else if (!strcmp(name, "constraints")) constraints_path = arg;
         else if (!strcmp(name, "zero-groups")) cc.zero_ngroups = cli_int(&c, name, arg, 1, 1 << 16);
         else if (!strcmp(name, "zero-reduce-scatter")) {
             if (strcmp(arg, "on") && strcmp(arg, "off"))
@@ -142,22 +147,29 @@ int cmd_train(int argc, char **argv) {
     // Checkpoints go through the parallel trainer (one rank is a plan too).
     int parallel = cc.runtime_ndevices > 1 || cc.comm == LOOM_COMM_MPI || save_sharded || resume;
 
+    loom_constraints_t constraints = NULL;
+    if (constraints_path && loom_constraints_load(constraints_path, &constraints) < 0)
+        return cli_fail("train", "reading the partition constraints");
+    cc.constraints = constraints;
     loom_tokens_t tokens = NULL;
-    if (loom_tokens_open(data, &tokens) < 0) return cli_fail("train", "reading the data");
-    loom_model_t model = NULL;
-    if (resume && !mo.dir && !mo.family) {
-        // The checkpoint's own model: its config; the weights come with --resume below.
-        if (cli_model_from_checkpoint(resume, &model) != 0) return loom_tokens_close(tokens), 1;
-    } else if (cli_model_load(&c, &mo, &model) != 0) {
-        return loom_tokens_close(tokens), 1;
+    if (loom_tokens_open(data, &tokens) < 0) {
+        loom_constraints_free(constraints);
+        return cli_fail("train", "reading the data");
     }
-    const loom_model_config *mc = loom_model_get_config(model);
+    loom_model_t model = NULL;
     int rc = 1;
     loom_trainer_t trainer = NULL;
     loom_parallel_t par = NULL;
     int rank = 0;
     FILE *info = stderr;
     int32_t *inputs = NULL, *targets = NULL;
+    if (resume && !mo.dir && !mo.family) {
+        // The checkpoint's own model: its config; the weights come with --resume below.
+        if (cli_model_from_checkpoint(resume, &model) != 0) goto done;
+    } else if (cli_model_load(&c, &mo, &model) != 0) {
+        goto done;
+    }
+    const loom_model_config *mc = loom_model_get_config(model);
     if (loom_tokens_max_token(tokens) >= mc->vocab_size) {
         fprintf(stderr, "loom train: %s holds token id %d but the model's vocabulary has %d "
                 "entries; use a model with a larger vocabulary (--vocab)\n", data,
@@ -301,6 +313,7 @@ done:
     if (info && info != stderr) fclose(info);
     loom_trainer_free(trainer);
     loom_parallel_free(par);
+    loom_constraints_free(constraints);
     loom_model_free(model);
     loom_tokens_close(tokens);
     return rc;
