@@ -279,7 +279,8 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
         st = loom_graph_status(p->global);
         if (st < 0) goto fail;
     }
-    st = loom__plan_create(p->global, cc->policy, p->parts, loom_model_get_config(model), &p->plan);
+    st = loom__plan_create(p->global, cc->policy, p->parts, loom_model_get_config(model),
+                           cc->constraints, &p->plan);
     if (st < 0) goto fail;
     p->n_held = cc->comm == LOOM_COMM_MPI ? 1 : p->nranks;
     p->ranks = loom__calloc((size_t)p->n_held, sizeof(rank_state));
