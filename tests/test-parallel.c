@@ -78,8 +78,10 @@ typedef struct zero_opts {
 
 static const zero_opts no_zero = {0, 1, 1, 0};
 
-// Partition constraints the next parity() runs under (NULL: none).
+// Partition constraints, policy callback and plan file the next parity() runs use.
 static loom_constraints_t g_constraints;
+static loom_policy_fn g_policy_fn;
+static const char *g_plan_file;
 
 static void parity(const char *name, const reference *ref, loom_policy policy, int plan,
                    int runtime, zero_opts zero) {
@@ -101,6 +103,8 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
     cc.bucket_bytes = 4096;  // several buckets even for these tiny models
     cc.async_reducer = !zero.sync_reducer;
     cc.constraints = g_constraints;
+    cc.policy_fn = g_policy_fn;
+    cc.plan_file = g_plan_file;
     loom_train_config tc = train_config();
     loom_parallel_t p = NULL;
     loom_status st = loom_parallelize(m, &cc, &tc, &p);
@@ -163,6 +167,65 @@ static void test_constraints(const char *name, const reference *ref) {
     g_constraints = NULL;
 }
 
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+// A user policy: the MLPs Megatron-style (first projection by output features, second by input
+// features), everything else follows its inputs.
+static int mlp_policy(void *user, const loom_op_view *op, int parts, int *input, int *dim) {
+    (void)user, (void)parts;
+    int kn = !strcmp(op->signature, "loom.conv1d");  // GPT-2's [in, out] weights
+    if (ends_with(op->module, "mlp.c_fc") || ends_with(op->module, "mlp.up_proj") ||
+        ends_with(op->module, "mlp.gate_proj")) {
+        *input = 1, *dim = kn ? 1 : 0;
+        return 1;
+    }
+    if (ends_with(op->module, "mlp.c_proj") || ends_with(op->module, "mlp.down_proj")) {
+        *input = 1, *dim = kn ? 0 : 1;
+        return 1;
+    }
+    return -1;
+}
+
+static void expect_error(const char *name, loom_policy policy, int plan, int runtime,
+                         loom_status want, const char *needle);
+
+static void test_custom_policies(const char *name, const reference *ref, int n_layer) {
+    g_policy_fn = mlp_policy;
+    parity(name, ref, LOOM_POLICY_CUSTOM, 2, 2, no_zero);
+    g_policy_fn = NULL;
+    // The same decisions as a plan file, keyed by module path and op signature.
+    char path[] = "/tmp/loom-test-plan-XXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f) return;
+    int gpt2 = !strcmp(name, "gpt2");
+    fprintf(f, "{\"ops\": [");
+    for (int l = 0; l < n_layer; l++) {
+        if (gpt2)
+            fprintf(f, "%s{\"module\": \"h.%d.mlp.c_fc\", \"op\": \"loom.conv1d\", \"split\": [1, 1]},"
+                       "{\"module\": \"h.%d.mlp.c_proj\", \"op\": \"loom.conv1d\", \"split\": [1, 0]}",
+                    l ? "," : "", l, l);
+        else
+            fprintf(f, "%s{\"module\": \"model.layers.%d.mlp.gate_proj\", \"op\": \"loom.linear\", "
+                       "\"split\": [1, 0]}, {\"module\": \"model.layers.%d.mlp.up_proj\", "
+                       "\"op\": \"loom.linear\", \"split\": [1, 0]}, {\"module\": "
+                       "\"model.layers.%d.mlp.down_proj\", \"op\": \"loom.linear\", \"split\": [1, 1]}",
+                    l ? "," : "", l, l, l);
+    }
+    // One more entry: GPT-2's first layer norm replicated; LLaMA has no such op, so for it the
+    // file does not fit the model and must be refused naming the entry.
+    fprintf(f, ", {\"module\": \"h.0.ln_1\", \"op\": \"loom.layer_norm\", \"split\": \"replicate\"}]}");
+    fclose(f);
+    g_plan_file = path;
+    if (gpt2) parity(name, ref, LOOM_POLICY_FILE, 2, 2, no_zero);
+    else expect_error(name, LOOM_POLICY_FILE, 2, 2, LOOM_ERR_INVALID, "matches no op");
+    g_plan_file = NULL;
+    unlink(path);
+}
+
 static void expect_error(const char *name, loom_policy policy, int plan, int runtime,
                          loom_status want, const char *needle) {
     loom_model_t m = load(name);
@@ -171,6 +234,7 @@ static void expect_error(const char *name, loom_policy policy, int plan, int run
     cc.plan_ndevices = plan;
     cc.runtime_ndevices = runtime;
     cc.constraints = g_constraints;
+    cc.plan_file = g_plan_file;
     loom_train_config tc = train_config();
     loom_parallel_t p = NULL;
     loom_status st = loom_parallelize(m, &cc, &tc, &p);
@@ -298,6 +362,7 @@ int main(void) {
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, (zero_opts){1, 1, 1, 0});
         if (i < 2) test_checkpoint_round_trip(models[i], &ref);
         test_constraints(models[i], &ref);
+        if (i < 2) test_custom_policies(models[i], &ref, 2);
         for (int k = 0; k < ref.n; k++) free(ref.params[k]);
         free(ref.params);
         free(ref.numel);

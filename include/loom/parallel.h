@@ -29,8 +29,26 @@ typedef enum loom_policy {
     LOOM_POLICY_DP = 0,  // every op replicated inside a unit; units run data parallel
     LOOM_POLICY_TP,      // Megatron tensor parallelism (the family's policy table) in a unit
     LOOM_POLICY_DATA,    // every op split on its batch dim inside a unit
+    LOOM_POLICY_CUSTOM,  // policy_fn decides per op (the others follow their inputs)
+    LOOM_POLICY_FILE,    // a JSON plan file decides per op (plan_file)
     LOOM_POLICY_COUNT
 } loom_policy;
+
+// What a custom policy sees of an op.
+typedef struct loom_op_view {
+    const char *signature;   // "loom.linear"
+    const char *module;      // "h.3.mlp.c_fc"
+    const char *annotation;  // "* k+, n k+ -> * n"
+    int n_inputs;
+    int input_ndim[8];
+    const int64_t *input_shape[8];
+} loom_op_view;
+
+// A custom policy: return 1 and set *input, *dim to split the op along that dim of that input
+// (a constraint's "input,dim"); 0 to replicate it; -1 to let it follow how its inputs are
+// split (elementwise ops) or replicate.
+typedef int (*loom_policy_fn)(void *user, const loom_op_view *op, int parts, int *input,
+                              int *dim);
 
 const char *loom_policy_name(loom_policy p);
 // "dp", "tp", "data" -> policy; -1 when unknown.
@@ -46,6 +64,9 @@ typedef struct loom_compute_config {
     int async_reducer;      // all-reduce gradient buckets during the backward (default on)
     size_t bucket_bytes;    // gradient bucket size (default 25 MB)
     loom_constraints_t constraints;  // partition constraints (borrowed; NULL: none)
+    loom_policy_fn policy_fn;        // LOOM_POLICY_CUSTOM
+    void *policy_user;
+    const char *plan_file;           // LOOM_POLICY_FILE: JSON, see docs/parallel.md
     loom_comm_kind comm;    // LOOM_COMM_LOCAL: ranks are threads of this process
     double timeout_s;       // a rank that stops answering fails the others after this
 } loom_compute_config;

@@ -65,9 +65,8 @@ typedef struct loom_plan {
 
 // Build a plan for `g` (forward nodes) with `parts` devices per unit. `cfg` (the model's config;
 // may be NULL except for tp) selects the family's tensor-parallel policy table.
-loom_status loom__plan_create(const loom_graph *g, loom_policy_kind policy, int parts,
-                              const loom_model_config *cfg, loom_constraints_t constraints,
-                              loom_plan *plan);
+loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc, int parts,
+                              const loom_model_config *cfg, loom_plan *plan);
 void loom__plan_free(loom_plan *plan);
 // Make `s` obey the plan's partition constraints for node `n`: keep it when allowed, else the
 // first allowed partition dim that splits legally, else replication when allowed. Fails naming
@@ -76,6 +75,17 @@ loom_status loom__plan_constrain(const loom_plan *plan, const loom_graph *g, con
                                  loom_strategy *s);
 // Every constraint names an op of the op table (else an error naming the entry).
 loom_status loom__constraints_check(loom_constraints_t c);
+
+// JSON plan files: {"devices": P, "ops": [{"module": "h.0.attn.c_attn", "op": "loom.conv1d",
+// "split": [input, dim] | "replicate" | "follow"}, ...]}, keyed by module path and op signature
+// (stable across runs). Ops the file does not name follow their inputs.
+typedef struct loom_plan_file loom_plan_file;
+loom_status loom__plan_file_load(const char *path, const loom_graph *g, loom_plan_file **out);
+// The file's decision for node `node`: 1 split (input, dim), 0 replicate, -1 follow.
+int loom__plan_file_lookup(loom_plan_file *f, const loom_graph *g, int node, int *input, int *dim);
+// An entry that matched no op means the file was made for another model: an error naming it.
+loom_status loom__plan_file_unused(const loom_plan_file *f, const char *path);
+void loom__plan_file_free(loom_plan_file *f);
 
 // Where each global leaf (parameter, input) lives in a rank's local graph.
 typedef struct loom_local_leaf {

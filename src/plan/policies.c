@@ -64,13 +64,39 @@ static loom_status tp_strategy(const loom_graph *g, const loom_node *n, const lo
     return LOOM_OK;
 }
 
-loom_status loom__plan_create(const loom_graph *g, loom_policy_kind policy, int parts,
-                              const loom_model_config *cfg, loom_constraints_t constraints,
-                              loom_plan *plan) {
+// A decision of a custom policy or a plan file: "input,dim", replicate, or follow.
+static loom_status decided(const loom_graph *g, const loom_node *n, int parts, int verdict,
+                           int input, int dim, loom_strategy *s) {
+    if (verdict < 0) *s = (loom_strategy){LOOM_SPLIT_FOLLOW, 0, 1};
+    else if (verdict == 0) *s = (loom_strategy){LOOM_SPLIT_NONE, 0, 1};
+    else return loom__strategy_from_dim(g, n, input, dim, parts, s);
+    return LOOM_OK;
+}
+
+static loom_status custom_strategy(const loom_graph *g, const loom_node *n, int parts,
+                                   const loom_compute_config *cc, loom_strategy *s) {
+    loom_op_view view = {loom__op_def(n->op)->signature, g->modules[n->module],
+                         loom__op_def(n->op)->annotation, n->n_in, {0}, {0}};
+    for (int i = 0; i < n->n_in && i < 8; i++) {
+        view.input_ndim[i] = g->values[n->in[i]].ndim;
+        view.input_shape[i] = g->values[n->in[i]].shape;
+    }
+    int input = 0, dim = 0;
+    int verdict = cc->policy_fn(cc->policy_user, &view, parts, &input, &dim);
+    loom_status st = decided(g, n, parts, verdict, input, dim, s);
+    if (st < 0) loom__error_prefix("custom policy");
+    return st;
+}
+
+loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc, int parts,
+                              const loom_model_config *cfg, loom_plan *plan) {
     memset(plan, 0, sizeof *plan);
+    loom_policy_kind policy = cc->policy;
     if (parts < 1) return loom__error(LOOM_ERR_INVALID, "plan: %d devices per unit", parts);
-    LOOM_CHECK(loom__constraints_check(constraints));
-    plan->constraints = constraints;
+    if (policy == LOOM_POLICY_CUSTOM && !cc->policy_fn)
+        return loom__error(LOOM_ERR_INVALID, "the custom policy needs a policy_fn");
+    LOOM_CHECK(loom__constraints_check(cc->constraints));
+    plan->constraints = cc->constraints;
     plan->parts = parts;
     plan->policy = policy;
     plan->n_nodes = g->n_nodes;
@@ -81,9 +107,26 @@ loom_status loom__plan_create(const loom_graph *g, loom_policy_kind policy, int 
         return loom__plan_free(plan), loom__error(LOOM_ERR_UNSUPPORTED,
                                                   "the tp policy needs a model family's policy "
                                                   "table (built-in families have one)");
+    loom_plan_file *file = NULL;
+    if (policy == LOOM_POLICY_FILE) {
+        loom_status st = loom__plan_file_load(cc->plan_file, g, &file);
+        if (st < 0) return loom__plan_free(plan), st;
+    }
     for (int i = 0; i < g->n_nodes; i++) {
         const loom_node *n = &g->nodes[i];
         loom_strategy s = {LOOM_SPLIT_NONE, 0, 1};
+        if (parts > 1 && (policy == LOOM_POLICY_CUSTOM || policy == LOOM_POLICY_FILE)) {
+            int input = 0, dim = 0;
+            int verdict = policy == LOOM_POLICY_CUSTOM
+                              ? 0 : loom__plan_file_lookup(file, g, i, &input, &dim);
+            loom_status st = policy == LOOM_POLICY_CUSTOM
+                                 ? custom_strategy(g, n, parts, cc, &s)
+                                 : decided(g, n, parts, verdict, input, dim, &s);
+            if (st < 0) {
+                loom__plan_file_free(file);
+                return loom__plan_free(plan), st;
+            }
+        }
         if (policy == LOOM_POLICY_DATA && parts > 1) s = data_strategy(n);
         if (policy == LOOM_POLICY_TP && parts > 1) {
             s = (loom_strategy){LOOM_SPLIT_FOLLOW, 0, 1};
@@ -98,11 +141,17 @@ loom_status loom__plan_create(const loom_graph *g, loom_policy_kind policy, int 
         }
         if (s.id != LOOM_SPLIT_FOLLOW) {
             loom_status st = loom__plan_constrain(plan, g, n, &s);
-            if (st < 0) return loom__plan_free(plan), st;
+            if (st < 0) {
+                loom__plan_file_free(file);
+                return loom__plan_free(plan), st;
+            }
         }
         plan->strategy[i] = s;
     }
-    return LOOM_OK;
+    loom_status st = loom__plan_file_unused(file, cc->plan_file);
+    loom__plan_file_free(file);
+    if (st < 0) loom__plan_free(plan);
+    return st;
 }
 
 void loom__plan_free(loom_plan *plan) {

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const policy_names[] = {"dp", "tp", "data"};
+static const char *const policy_names[] = {"dp", "tp", "data", "custom", "file"};
 
 const char *loom_policy_name(loom_policy p) {
     return (unsigned)p < LOOM_POLICY_COUNT ? policy_names[p] : "?";
@@ -279,8 +279,7 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
         st = loom_graph_status(p->global);
         if (st < 0) goto fail;
     }
-    st = loom__plan_create(p->global, cc->policy, p->parts, loom_model_get_config(model),
-                           cc->constraints, &p->plan);
+    st = loom__plan_create(p->global, cc, p->parts, loom_model_get_config(model), &p->plan);
     if (st < 0) goto fail;
     p->n_held = cc->comm == LOOM_COMM_MPI ? 1 : p->nranks;
     p->ranks = loom__calloc((size_t)p->n_held, sizeof(rank_state));

@@ -34,8 +34,10 @@ static void print_help(void) {
            "  --devices N            ranks in all (default 1); --batch is the global batch\n"
            "  --plan-devices P       ranks holding one model copy (default: 1 with --policy dp,\n"
            "                         N otherwise); the N / P copies run data parallel\n"
-           "  --policy dp|tp|data    inside a copy: replicate (dp), Megatron tensor parallel\n"
-           "                         (tp) or split every op on the batch (data); default dp\n"
+           "  --policy dp|tp|data|FILE.json\n"
+           "                         inside a copy: replicate (dp), Megatron tensor parallel\n"
+           "                         (tp), split every op on the batch (data), or follow a plan\n"
+           "                         file (see docs/parallel.md); default dp\n"
            "  --comm local|mpi       ranks as threads of this process (local, default) or one\n"
            "                         process per rank under mpirun (chosen by itself there)\n"
            "  --save-sharded DIR     write a sharded checkpoint (one file per rank of the first\n"
@@ -132,9 +134,15 @@ int cmd_train(int argc, char **argv) {
     else if (!strcmp(optimizer, "sgd")) tc.optimizer = LOOM_OPTIM_SGD;
     else cli_usage_error(&c, "--optimizer: '%s' is not adamw or sgd", optimizer);
     tc.profile = profile;
-    if (loom_policy_from_name(policy) < 0)
-        cli_usage_error(&c, "--policy: '%s' is not dp, tp or data", policy);
-    cc.policy = (loom_policy)loom_policy_from_name(policy);
+    size_t plen = strlen(policy);
+    if (plen > 5 && !strcmp(policy + plen - 5, ".json")) {
+        cc.policy = LOOM_POLICY_FILE;
+        cc.plan_file = policy;
+    } else if (loom_policy_from_name(policy) >= 0 && loom_policy_from_name(policy) <= LOOM_POLICY_DATA) {
+        cc.policy = (loom_policy)loom_policy_from_name(policy);
+    } else {
+        cli_usage_error(&c, "--policy: '%s' is not dp, tp, data or a plan file (.json)", policy);
+    }
     if (comm && strcmp(comm, "local") && strcmp(comm, "mpi"))
         cli_usage_error(&c, "--comm: '%s' is not local or mpi", comm);
     cc.comm = (comm ? !strcmp(comm, "mpi") : loom_comm_mpi_launched()) ? LOOM_COMM_MPI
