@@ -337,6 +337,22 @@ static void test_checkpoint_round_trip(const char *name, const reference *ref) {
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
 }
 
+// A rank that fails (bad data in its rows only) must make the step fail with its own message,
+// not leave the other ranks waiting in a collective.
+static void test_rank_failure(void) {
+    loom_model_t m = load("gpt2");
+    loom_parallel_t p = start(m, LOOM_POLICY_TP, 2, 4, 0);
+    int32_t bad[B * T];
+    memcpy(bad, targets, sizeof bad);
+    bad[B * T - 1] = 1000;  // the last row belongs to the second unit
+    loom_status st = p ? loom_parallel_step(p, tokens, bad, NULL) : LOOM_ERR_INTERNAL;
+    CHECK_MSG(st == LOOM_ERR_INVALID && strstr(loom_last_error(), "target id 1000") &&
+                  strstr(loom_last_error(), "rank 2"),
+              "rank failure: status %d, '%s'", st, loom_last_error());
+    loom_parallel_free(p);
+    loom_model_free(m);
+}
+
 int main(void) {
     uint32_t s = 12345;
     for (int i = 0; i < B * T; i++) {
@@ -344,6 +360,7 @@ int main(void) {
         tokens[i] = (int32_t)((s >> 8) % 96);
         targets[i] = (int32_t)((s >> 16) % 96);
     }
+    test_rank_failure();
     const char *models[] = {"gpt2", "llama", "qwen2"};
     for (int i = 0; i < 3; i++) {
         reference ref = {0};
