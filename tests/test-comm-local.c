@@ -283,13 +283,14 @@ static void rank_broadcast(loom_comm_t c, void *ctx) {
     size_t count = 3001;
     float *send = malloc(count * sizeof *send), *recv = malloc(count * sizeof *recv);
     for (int root = 0; root < n; root++) {
-        fill_f32(send, count, r, 0, 50 + (uint32_t)root);
+        uint32_t salt = 50 + (uint32_t)root;
+        fill_f32(send, count, r, 0, salt);
         memset(recv, 0, count * sizeof *recv);
         // Non-roots pass a NULL send: only the root's is read.
         RCHECK_OK(loom_comm_broadcast(c, r == root ? send : NULL, recv, count, LOOM_DTYPE_F32,
                                       root), r);
         size_t bad = 0;
-        for (size_t i = 0; i < count; i++) bad += recv[i] != f32_value(root, i, 50 + (uint32_t)root);
+        for (size_t i = 0; i < count; i++) bad += recv[i] != f32_value(root, i, salt);
         RCHECK(bad == 0, "n=%d rank %d root %d: %zu broadcast elements differ", n, r, root, bad);
         // In place on the root.
         fill_f32(recv, count, r, 0, 60);
@@ -457,10 +458,9 @@ static void rank_abort(loom_comm_t c, void *ctx) {
     RCHECK(st == LOOM_ERR_COMM && has(loom_last_error(), "rank 2 failed: test failure"),
            "rank %d: later call %d '%s'", r, st, loom_last_error());
 }
-#ifndef LOOM_COMM_TEST_SHARED_ONLY
-// ---- local-only tests ---------------------------------------------------------------------------
 
-// ---- harness: one thread per rank ---------------------------------------------------------------
+#ifndef LOOM_COMM_TEST_SHARED_ONLY
+// ---- local only: harness (one thread per rank) --------------------------------------------------
 
 typedef void (*rank_fn)(loom_comm_t c, void *ctx);
 
@@ -622,6 +622,47 @@ static void test_failures(void) {
     run_ranks(2, NULL, rank_length_mismatch, NULL);
 }
 
+// A watchdog thread aborts rank 1 while the ranks run collectives on buffers they free right
+// after each call: a rank that fails must not return while a peer still reads its buffers
+// (under ASan a violation shows as a use-after-free).
+static void *rank_collective_loop(void *arg) {
+    loom_comm_t c = arg;
+    int r = loom_comm_rank(c);
+    loom_status st = LOOM_OK;
+    for (int it = 0; st == LOOM_OK; it++) {
+        size_t n = (size_t)1 << 18;
+        float *send = calloc(n, sizeof *send), *recv = malloc(n * sizeof *recv);
+        if (it % 3 == 0) {
+            st = loom_comm_all_reduce(c, send, recv, n, LOOM_DTYPE_F32, LOOM_REDUCE_SUM);
+        } else if (it % 3 == 1) {
+            st = loom_comm_all_gather(c, send, recv, n / FAIL_RANKS, LOOM_DTYPE_F32);
+        } else {
+            st = loom_comm_all_to_all(c, recv, recv, n / FAIL_RANKS, LOOM_DTYPE_F32);
+        }
+        free(send);
+        free(recv);
+    }
+    RCHECK(st == LOOM_ERR_COMM && has(loom_last_error(), "rank 1 failed: watchdog"),
+           "rank %d: %d '%s'", r, st, loom_last_error());
+    return NULL;
+}
+
+static void test_abort_midway(void) {
+    for (int trial = 0; trial < 6; trial++) {
+        loom_comm_t comms[FAIL_RANKS];
+        pthread_t ids[FAIL_RANKS];
+        CHECK_OK(loom_comm_local_create_all(FAIL_RANKS, NULL, comms));
+        for (int r = 0; r < FAIL_RANKS; r++) {
+            pthread_create(&ids[r], NULL, rank_collective_loop, comms[r]);
+        }
+        struct timespec pause = {0, (long)(trial * 7 + 1) * 1000 * 1000};
+        nanosleep(&pause, NULL);
+        loom_comm_abort(comms[1], "watchdog");
+        for (int r = 0; r < FAIL_RANKS; r++) pthread_join(ids[r], NULL);
+        for (int r = 0; r < FAIL_RANKS; r++) loom_comm_destroy(comms[r]);
+    }
+}
+
 // Abort reaches sub-communicators too: rank 0 aborts its parent handle while rank 3 waits in a
 // sub-communicator that rank 0 is not part of (rank 2 enters it only after the abort).
 static atomic_int family_aborted;
@@ -724,6 +765,7 @@ int main(void) {
     test_collectives();
     test_failures();
     run_ranks(FAIL_RANKS, NULL, rank_abort_family, NULL);
+    test_abort_midway();
     fprintf(stderr, "test-comm-local: %.1f s\n", now_s() - t0);
     return tu_finish();
 }

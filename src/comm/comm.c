@@ -169,11 +169,19 @@ static int ranges_overlap(const void *a, size_t an, const void *b, size_t bn) {
     return x < y + bn && y < x + an;
 }
 
+// Whether send sits `elems` elements after recv (send_first: recv sits that far after send):
+// the in-place positions. Unsigned arithmetic, so absurd counts cannot overflow.
+static int at_offset(const loom_comm_args *a, size_t elems, int send_first) {
+    uintptr_t offset = (uintptr_t)elems * (uintptr_t)a->elem_size;
+    uintptr_t send = (uintptr_t)a->send, recv = (uintptr_t)a->recv;
+    return send_first ? send + offset == recv : send == recv + offset;
+}
+
 // Buffer lengths (in elements of args), NULL pointers and aliasing. `send_elems` 0: send unused.
-// `in_place_send`: the one address where send may lie inside recv (NULL: only disjoint).
+// in_place: send is at the call's in-place position, where it may overlap recv.
 static loom_status check_buffers(const char *fn, loom_comm_t c, const loom_comm_args *a,
-                                 size_t send_elems, size_t recv_elems,
-                                 const void *in_place_send, const char *in_place_rule) {
+                                 size_t send_elems, size_t recv_elems, int in_place,
+                                 const char *in_place_rule) {
     size_t es = a->elem_size;
     if ((send_elems && send_elems > SIZE_MAX / es) || (recv_elems && recv_elems > SIZE_MAX / es)) {
         return loom__error(LOOM_ERR_INVALID, "%s (rank %d): count %zu overflows the address "
@@ -187,7 +195,7 @@ static loom_status check_buffers(const char *fn, loom_comm_t c, const loom_comm_
         return loom__error(LOOM_ERR_INVALID, "%s (rank %d): recv buffer is NULL (count %zu)", fn,
                            c->rank, a->count);
     }
-    if (send_elems && recv_elems && a->send != in_place_send &&
+    if (send_elems && recv_elems && !in_place &&
         ranges_overlap(a->send, send_elems * es, a->recv, recv_elems * es)) {
         return loom__error(LOOM_ERR_INVALID, "%s (rank %d): send and recv overlap; in place "
                            "means %s", fn, c->rank, in_place_rule);
@@ -264,7 +272,7 @@ static loom_status check_all_reduce(const char *fn, loom_comm_t c, loom_comm_arg
     LOOM_CHECK(check_comm(fn, c));
     LOOM_CHECK(check_dtype(fn, c, a, 1));
     if (a->count == 0) return LOOM_OK;
-    return check_buffers(fn, c, a, a->count, a->count, a->recv, "send == recv");
+    return check_buffers(fn, c, a, a->count, a->count, a->send == a->recv, "send == recv");
 }
 
 loom_status loom_comm_all_reduce(loom_comm_t c, const void *send, void *recv, size_t count,
@@ -284,9 +292,8 @@ loom_status loom_comm_reduce_scatter(loom_comm_t c, const void *send, void *recv
     LOOM_CHECK(check_dtype(fn, c, &a, 1));
     if (recvcount == 0) return LOOM_OK;
     // In place: recv is this rank's slice of send, so send starts rank slices before recv.
-    const void *in_place_send =
-        recv ? (const char *)recv - (size_t)c->rank * recvcount * a.elem_size : NULL;
-    LOOM_CHECK(check_buffers(fn, c, &a, times_size(c, recvcount), recvcount, in_place_send,
+    int in_place = at_offset(&a, (size_t)c->rank * recvcount, 1);
+    LOOM_CHECK(check_buffers(fn, c, &a, times_size(c, recvcount), recvcount, in_place,
                              "recv == send + rank * recvcount"));
     return run_collective(c, &a);
 }
@@ -299,9 +306,8 @@ loom_status loom_comm_all_gather(loom_comm_t c, const void *send, void *recv, si
     LOOM_CHECK(check_comm(fn, c));
     LOOM_CHECK(check_dtype(fn, c, &a, 0));
     if (sendcount == 0) return LOOM_OK;
-    const void *in_place_send =
-        recv ? (const char *)recv + (size_t)c->rank * sendcount * a.elem_size : NULL;
-    LOOM_CHECK(check_buffers(fn, c, &a, sendcount, times_size(c, sendcount), in_place_send,
+    int in_place = at_offset(&a, (size_t)c->rank * sendcount, 0);
+    LOOM_CHECK(check_buffers(fn, c, &a, sendcount, times_size(c, sendcount), in_place,
                              "send == recv + rank * sendcount"));
     return run_collective(c, &a);
 }
@@ -315,7 +321,7 @@ loom_status loom_comm_all_to_all(loom_comm_t c, const void *send, void *recv, si
     LOOM_CHECK(check_dtype(fn, c, &a, 0));
     if (count == 0) return LOOM_OK;
     size_t total = times_size(c, count);
-    LOOM_CHECK(check_buffers(fn, c, &a, total, total, recv, "send == recv"));
+    LOOM_CHECK(check_buffers(fn, c, &a, total, total, send == recv, "send == recv"));
     return run_collective(c, &a);
 }
 
@@ -329,7 +335,8 @@ loom_status loom_comm_broadcast(loom_comm_t c, const void *send, void *recv, siz
     LOOM_CHECK(check_rank_arg(fn, c, "root", root));
     if (count == 0) return LOOM_OK;
     if (c->rank != root) a.send = NULL;  // only the root's send is read
-    LOOM_CHECK(check_buffers(fn, c, &a, c->rank == root ? count : 0, count, recv, "send == recv"));
+    LOOM_CHECK(check_buffers(fn, c, &a, c->rank == root ? count : 0, count, a.send == recv,
+                             "send == recv"));
     return run_collective(c, &a);
 }
 
@@ -356,8 +363,7 @@ static loom_status point_to_point(const char *fn, loom_comm_t c, loom_comm_args 
     }
     if (a->count == 0) return LOOM_OK;
     int sending = a->op == LOOM_COMM_OP_SEND;
-    LOOM_CHECK(check_buffers(fn, c, a, sending ? a->count : 0, sending ? 0 : a->count, NULL,
-                             "-"));
+    LOOM_CHECK(check_buffers(fn, c, a, sending ? a->count : 0, sending ? 0 : a->count, 0, "-"));
     a->seq = ++c->p2p_issued;
     return c->vt->run(c, a);
 }

@@ -12,6 +12,7 @@
 
 #include <omp.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -258,7 +259,14 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
     p->units = units;
     p->nranks = cc->runtime_ndevices;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int per_process = cc->comm == LOOM_COMM_MPI ? 1 : p->nranks;
+    // Ranks sharing this machine's cores: all of them as threads, or the MPI processes that
+    // the launcher placed on this node.
+    int per_process = p->nranks;
+    if (cc->comm == LOOM_COMM_MPI) {
+        const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+        if (!local) local = getenv("SLURM_NTASKS_PER_NODE");
+        per_process = local && atoi(local) > 0 ? atoi(local) : 1;
+    }
     p->threads_per_rank = tc->threads > 0 ? tc->threads : (int)(cores / per_process);
     if (p->threads_per_rank < 1) p->threads_per_rank = 1;
     loom_comm_t *world = NULL;

@@ -1,6 +1,12 @@
 // Local transport: ranks are threads of one process sharing a "world". Collectives publish
 // buffer pointers, meet at a barrier, and each rank computes its own output from its peers'
 // buffers, reducing in rank order 0..n-1 so every rank gets bit-identical results.
+//
+// Send is a rendezvous: it returns once the receiver has copied the message, so pair sends with
+// receives (on a ring, let rank 0 send first). Asynchronous all-reduces run on a per-rank
+// progress thread in issue order; a blocking collective first waits for them. Every wait is
+// bounded by the timeout; a timeout, an abort (which reaches every world split from the same
+// loom_comm_local_create_all) or a rank destroying its handle mid-call poisons the world.
 
 #include "comm/comm-impl.h"
 #include "core/core.h"
@@ -33,7 +39,7 @@ typedef struct local_message {
     const void *data;
     size_t bytes;
     int claimed;            // unlinked by a receiver, which is copying it
-    int done;               // copied, or refused (size_mismatch)
+    int done;               // copied, or refused (the lengths differ)
     size_t expected_bytes;  // the receiver's length when it refused
 } local_message;
 
@@ -59,6 +65,8 @@ struct local_world {
     int arrived;
     unsigned char *departed;  // destroyed its handle
     int departed_count;
+    unsigned char *reading;   // between barriers, reading peers' buffers
+    int readers;
     local_slot *slots;
     local_message **inbox;  // per destination rank, FIFO, matched by (src, tag)
     loom_comm_failure failure;
@@ -139,6 +147,7 @@ static void world_free(local_world *w) {
     loom__free(w->top_rank);
     loom__free(w->entered);
     loom__free(w->departed);
+    loom__free(w->reading);
     loom__free(w->slots);
     loom__free(w->inbox);
     loom__free(w);
@@ -154,6 +163,7 @@ static local_world *world_new(int size, local_family *family, const int *top_ran
     w->top_rank = loom__malloc(n * sizeof *w->top_rank);
     w->entered = loom__calloc(n, sizeof *w->entered);
     w->departed = loom__calloc(n, sizeof *w->departed);
+    w->reading = loom__calloc(n, sizeof *w->reading);
     w->slots = loom__calloc(n, sizeof *w->slots);
     w->inbox = loom__calloc(n, sizeof *w->inbox);
     pthread_mutex_init(&w->mu, NULL);
@@ -162,7 +172,7 @@ static local_world *world_new(int size, local_family *family, const int *top_ran
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&w->cv, &attr);
     pthread_condattr_destroy(&attr);
-    if (!w->top_rank || !w->entered || !w->departed || !w->slots || !w->inbox) {
+    if (!w->top_rank || !w->entered || !w->departed || !w->reading || !w->slots || !w->inbox) {
         world_free(w);
         loom__error(LOOM_ERR_NOMEM, "out of memory creating a %d-rank local communicator", size);
         return NULL;
@@ -176,9 +186,21 @@ static local_world *world_new(int size, local_family *family, const int *top_ran
     return w;
 }
 
+// Reading flags (under w->mu): a rank reads its peers' buffers between two barriers. A rank
+// that fails must not return while anyone still reads, or its caller could free the buffers.
+// The rank completing a barrier sets every rank's flag (one that has not woken up yet is about
+// to read); each rank clears its own when it enters its next barrier or leaves the world.
+static void set_reading(local_world *w, int rank, int reading) {
+    if (w->reading[rank] == reading) return;
+    w->reading[rank] = (unsigned char)reading;
+    w->readers += reading ? 1 : -1;
+    if (w->readers == 0) pthread_cond_broadcast(&w->cv);
+}
+
 // Rank `rank` gives up its handle; waiters for it learn it left; the last one frees the world.
 static void world_release(local_world *w, int rank) {
     pthread_mutex_lock(&w->mu);
+    set_reading(w, rank, 0);
     if (!w->departed[rank]) {
         w->departed[rank] = 1;
         w->departed_count++;
@@ -208,23 +230,19 @@ static int list_ranks(const local_world *w, uint64_t target, int departed_only, 
 }
 
 // Enter barrier `a` (one of the steps of a collective) and wait for every rank, for a failure,
-// or for the timeout; a timeout or a departed rank poisons the world.
-static loom_status world_barrier(loom_comm_t c, const loom_comm_args *a) {
+// or for the timeout; a timeout or a departed rank poisons the world. then_read: the caller
+// reads peers' buffers after this barrier (until its next one).
+static loom_status world_barrier(loom_comm_t c, const loom_comm_args *a, int then_read) {
     local_world *w = world_of(c);
-    loom_status st = LOOM_OK;
     pthread_mutex_lock(&w->mu);
-    if (w->failure.failed) {
-        st = loom__comm_failure_raise(c, a, &w->failure);
-        pthread_mutex_unlock(&w->mu);
-        return st;
-    }
+    set_reading(w, c->rank, 0);
+    if (w->failure.failed) goto failed;
     uint64_t target = ++w->entered[c->rank];
     if (++w->arrived == w->size) {
         w->arrived = 0;
         w->completed++;
+        for (int q = 0; q < w->size; q++) set_reading(w, q, then_read);
         pthread_cond_broadcast(&w->cv);
-        pthread_mutex_unlock(&w->mu);
-        return LOOM_OK;
     }
     struct timespec deadline = deadline_after(c->cfg.timeout_s);
     int timed_out = 0;
@@ -246,7 +264,16 @@ static loom_status world_barrier(loom_comm_t c, const loom_comm_args *a) {
         }
         timed_out = world_wait(w, &deadline);
     }
-    if (w->completed < target) st = loom__comm_failure_raise(c, a, &w->failure);
+    if (w->completed >= target) {  // everyone got through, whatever happened since
+        pthread_mutex_unlock(&w->mu);
+        return LOOM_OK;
+    }
+failed:;
+    // A copy in progress ends soon; the bound only matters when ranks called different
+    // collectives (one may then never clear its flag).
+    struct timespec until = deadline_after(c->cfg.timeout_s);
+    while (w->readers > 0 && !world_wait(w, &until)) {}
+    loom_status st = loom__comm_failure_raise(c, a, &w->failure);
     pthread_mutex_unlock(&w->mu);
     return st;
 }
@@ -296,7 +323,7 @@ static loom_status local_collective(loom_comm_t c, const loom_comm_args *a) {
     local_world *w = world_of(c);
     int r = c->rank, n = c->size;
     size_t es = a->elem_size, bytes = a->count * es;
-    if (a->op == LOOM_COMM_OP_BARRIER) return world_barrier(c, a);
+    if (a->op == LOOM_COMM_OP_BARRIER) return world_barrier(c, a, 0);
 
     // In-place all-to-all: peers read our blocks while we overwrite them, so publish a copy.
     void *copy = NULL;
@@ -309,7 +336,7 @@ static loom_status local_collective(loom_comm_t c, const loom_comm_args *a) {
     }
     w->slots[r].send = published;
     w->slots[r].recv = a->recv;
-    loom_status st = world_barrier(c, a);
+    loom_status st = world_barrier(c, a, 1);
     if (st < 0) goto done;
 
     char *recv = a->recv;
@@ -318,7 +345,7 @@ static loom_status local_collective(loom_comm_t c, const loom_comm_args *a) {
         // Reduce-scatter into our own chunk, then gather the other ranks' chunks.
         size_t lo = chunk_start(a->count, es, n, r), hi = chunk_start(a->count, es, n, r + 1);
         reduce_in_rank_order(w, a, lo * es, recv + lo * es, hi - lo);
-        st = world_barrier(c, a);
+        st = world_barrier(c, a, 1);
         if (st < 0) goto done;
         for (int k = 0; k < n; k++) {
             if (k == r) continue;
@@ -346,9 +373,9 @@ static loom_status local_collective(loom_comm_t c, const loom_comm_args *a) {
         if (recv != w->slots[a->root].send) memcpy(recv, w->slots[a->root].send, bytes);
         break;
     default:
-        LOOM_ASSERT(0 && "not a data collective");
+        LOOM_ASSERT(0);  // comm.c sends only data collectives here
     }
-    st = world_barrier(c, a);
+    st = world_barrier(c, a, 0);
 done:
     loom__free(copy);
     return st;
@@ -644,7 +671,7 @@ static loom_status local_split(loom_comm_t c, const loom_comm_args *a, int color
     int r = c->rank;
     w->slots[r].color = color;
     w->slots[r].key = key;
-    LOOM_CHECK(world_barrier(c, a));
+    LOOM_CHECK(world_barrier(c, a, 0));
 
     int new_rank = 0, new_size = 0, leader = -1;
     for (int q = 0; color >= 0 && q < c->size; q++) {
@@ -674,7 +701,7 @@ static loom_status local_split(loom_comm_t c, const loom_comm_args *a, int color
             w->slots[r].split_result = NULL;
         }
     }
-    loom_status st = world_barrier(c, a);
+    loom_status st = world_barrier(c, a, 0);
     if (st < 0) {
         // This barrier never completes for anyone now, so no member took a handle on the new
         // world: its creator frees it.

@@ -1,15 +1,20 @@
 // MPI transport: one process per rank over OpenMPI. Every call is a non-blocking MPI operation
 // polled against a deadline, so a rank that stops answering yields LOOM_ERR_COMM, not a hang.
 //
-// Failure notices. Each loom MPI communicator owns two duplicates of the MPI communicator:
-// `data` for the calls and `control` for notices. loom_comm_abort, and a rank giving up on a
-// call after the timeout, send a short notice (MPI_Isend) to every other rank of every live
-// loom MPI communicator of the process; ranks look for notices (MPI_Iprobe) while they poll.
-// Guaranteed: the aborting rank's own later calls fail at once, and a peer that is inside (or
-// later enters) a loom call on one of those communicators fails within one poll of the notice's
-// arrival. Best effort only: delivery itself (a broken network loses notices; the peers then fail
-// at their own timeout). After a failure, the MPI operation of the failed call may stay pending
-// (MPI cannot cancel collectives): its buffers may still be written until the process exits.
+// Notices. Each loom MPI communicator owns two duplicates of the MPI communicator: `data` for
+// the calls and `control` for notices, which ranks look for (MPI_Iprobe) while they poll.
+// - loom_comm_abort sends "rank R failed: <why>" to every other rank of every live loom MPI
+//   communicator of the process, and poisons them locally.
+// - A collective that times out asks every rank where it is (a census, answered by ranks that
+//   are inside a loom call on that communicator, with a grace of a quarter of the timeout, at
+//   most 1 s), names the ranks that did not arrive, and sends that to everyone.
+// Guaranteed: the aborting rank's own later calls fail at once; a peer inside (or later entering)
+// a loom call on one of those communicators fails as soon as the notice arrives. Best effort:
+// delivery itself (if the network loses notices, the peers fail at their own timeout).
+// Limits: after LOOM_ERR_COMM, the MPI operation of the failed call stays pending (MPI cannot
+// cancel collectives), so its buffers must stay allocated until the process exits; and each
+// communicator's control duplicate (and a failed one's data duplicate) outlives its destroy,
+// until MPI_Finalize (see mpi_destroy).
 
 #include "comm/comm-impl.h"
 #include "core/core.h"
@@ -45,18 +50,44 @@ loom_status loom__comm_mpi_create(void *mpi_comm, const loom_comm_config *cfg, l
 #define NOTICE_TAG 1
 #define NOTICE_TEXT sizeof(((loom_comm_failure *)0)->reason)
 
+// Control messages on the `control` duplicate.
+enum notice_kind {
+    NOTICE_FAILED = 1,  // the sender's communicator failed: text says why
+    NOTICE_QUERY,       // the sender timed out at collective `seq`: where are you?
+    NOTICE_REPLY,       // answer to the query for `seq`: I am in call (op, at)
+};
+
 typedef struct mpi_notice {
-    char text[NOTICE_TEXT];  // self-contained reason: "rank 2 failed: <why>"
+    int32_t kind;
+    int32_t op;   // REPLY: the call the sender is in
+    uint64_t seq; // QUERY/REPLY: the collective asked about
+    uint64_t at;  // REPLY: the sender's call's sequence number
+    char text[NOTICE_TEXT];
 } mpi_notice;
+
+// A notice on its way out (its buffer must live until MPI_Isend completes).
+typedef struct mpi_outgoing {
+    struct mpi_outgoing *next;
+    MPI_Request request;
+    mpi_notice notice;
+} mpi_outgoing;
+
+// What each rank answered during a timeout census.
+typedef struct census_entry {
+    int replied;
+    int op;
+    uint64_t at;
+} census_entry;
 
 typedef struct mpi_comm_data {
     MPI_Comm data, control;
     int rank, size;
     int tag_ub;
     loom_comm_failure failure;
-    int notified;  // our notices went out (once)
-    MPI_Request *notice_requests;
-    mpi_notice *notice_out;
+    int notified;  // our FAILED notices went out (once)
+    mpi_outgoing *outgoing;
+    census_entry *census;  // non-NULL while this rank runs a census
+    uint64_t census_seq;
     struct mpi_comm_data *next;  // live list
 } mpi_comm_data;
 
@@ -80,15 +111,10 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// Polling etiquette: spin briefly, then yield (ranks often share cores), then sleep a little.
+// Polling etiquette: spin briefly, then yield the core between polls (ranks often share cores).
+// Never sleep: MPI moves large messages only while it is polled.
 static void poll_pause(double waited_s) {
-    if (waited_s < 1e-4) return;
-    if (waited_s < 1e-2) {
-        sched_yield();
-        return;
-    }
-    struct timespec ts = {0, 50000};
-    nanosleep(&ts, NULL);
+    if (waited_s >= 1e-4) sched_yield();
 }
 
 static void mpi_error_text(int rc, char *buf, size_t cap) {
@@ -99,24 +125,56 @@ static void mpi_error_text(int rc, char *buf, size_t cap) {
     snprintf(buf, cap, "MPI error %d: %s", rc, len ? text : "(no description)");
 }
 
-// Tell every other rank of d why it is unusable (once per communicator; best effort).
-static void send_notices(mpi_comm_data *d, const char *text) {
-    if (d->notified || d->size < 2) return;
-    d->notified = 1;
-    d->notice_requests = loom__calloc((size_t)d->size, sizeof *d->notice_requests);
-    d->notice_out = loom__calloc(1, sizeof *d->notice_out);
-    if (!d->notice_requests || !d->notice_out) return;
-    snprintf(d->notice_out->text, sizeof d->notice_out->text, "%s", text);
-    for (int q = 0; q < d->size; q++) {
-        d->notice_requests[q] = MPI_REQUEST_NULL;
-        if (q == d->rank) continue;
-        MPI_Isend(d->notice_out, (int)sizeof *d->notice_out, MPI_BYTE, q, NOTICE_TAG, d->control,
-                  &d->notice_requests[q]);
+// Free the outgoing notices that have left. final: abandon the others (MPI_Request_free; their
+// small buffers are leaked, as MPI may still read them).
+static void reap_outgoing(mpi_comm_data *d, int final) {
+    for (mpi_outgoing **p = &d->outgoing; *p;) {
+        mpi_outgoing *o = *p;
+        int done = 0;
+        if (MPI_Test(&o->request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) done = 0;
+        if (!done && final) MPI_Request_free(&o->request);
+        if (done || final) {
+            *p = o->next;
+            if (done) loom__free(o);
+        } else {
+            p = &o->next;
+        }
     }
 }
 
-// Take delivered notices; returns whether d is failed.
-static int receive_notices(mpi_comm_data *d) {
+// Send a notice to rank `to` (best effort: dropped when memory or MPI fails).
+static void post_notice(mpi_comm_data *d, int to, const mpi_notice *notice) {
+    reap_outgoing(d, 0);
+    mpi_outgoing *o = loom__malloc(sizeof *o);
+    if (!o) return;
+    o->notice = *notice;
+    if (MPI_Isend(&o->notice, (int)sizeof o->notice, MPI_BYTE, to, NOTICE_TAG, d->control,
+                  &o->request) != MPI_SUCCESS) {
+        loom__free(o);
+        return;
+    }
+    o->next = d->outgoing;
+    d->outgoing = o;
+}
+
+static void post_to_all(mpi_comm_data *d, const mpi_notice *notice) {
+    for (int q = 0; q < d->size; q++) {
+        if (q != d->rank) post_notice(d, q, notice);
+    }
+}
+
+// Tell every other rank of d why it is unusable (once per communicator).
+static void send_failed_notices(mpi_comm_data *d, const char *text) {
+    if (d->notified) return;
+    d->notified = 1;
+    mpi_notice notice = {.kind = NOTICE_FAILED};  // text truncated to fit, zero-terminated
+    memcpy(notice.text, text, strnlen(text, sizeof notice.text - 1));
+    post_to_all(d, &notice);
+}
+
+// Take delivered notices: record failures, answer queries (with `current`, the call this rank
+// is in, or NULL), collect census replies. Returns whether d is failed.
+static int receive_notices(mpi_comm_data *d, const loom_comm_args *current) {
     for (;;) {
         int flag = 0;
         MPI_Status status;
@@ -124,13 +182,23 @@ static int receive_notices(mpi_comm_data *d) {
             !flag) {
             break;
         }
-        mpi_notice notice;
-        if (MPI_Recv(&notice, (int)sizeof notice, MPI_BYTE, status.MPI_SOURCE, NOTICE_TAG,
-                     d->control, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        mpi_notice in;
+        if (MPI_Recv(&in, (int)sizeof in, MPI_BYTE, status.MPI_SOURCE, NOTICE_TAG, d->control,
+                     MPI_STATUS_IGNORE) != MPI_SUCCESS) {
             break;
         }
-        notice.text[sizeof notice.text - 1] = '\0';
-        loom__comm_failure_set(&d->failure, NULL, "%s", notice.text);
+        in.text[sizeof in.text - 1] = '\0';
+        int from = status.MPI_SOURCE;
+        if (in.kind == NOTICE_FAILED) {
+            loom__comm_failure_set(&d->failure, NULL, "%s", in.text);
+        } else if (in.kind == NOTICE_QUERY && current) {  // outside a call: no answer
+            mpi_notice reply = {.kind = NOTICE_REPLY, .op = (int32_t)current->op,
+                                .seq = in.seq, .at = current->seq};
+            post_notice(d, from, &reply);
+        } else if (in.kind == NOTICE_REPLY && d->census && in.seq == d->census_seq && from >= 0 &&
+                   from < d->size) {
+            d->census[from] = (census_entry){1, in.op, in.at};
+        }
     }
     return d->failure.failed;
 }
@@ -144,6 +212,75 @@ static loom_status fail_with_mpi_error(loom_comm_t c, const loom_comm_args *a, i
     return loom__comm_failure_raise(c, a, &d->failure);
 }
 
+// Appends "sep item" to buf.
+static void append(char *buf, size_t cap, const char *sep, const char *item) {
+    size_t used = strlen(buf);
+    if (used < cap) snprintf(buf + used, cap - used, "%s%s", used ? sep : "", item);
+}
+
+// After collective `a` timed out: ask every rank where it is, give them a short grace to answer
+// (the collective may still complete: then *done), and record which ranks did not arrive.
+static loom_status timeout_census(loom_comm_t c, const loom_comm_args *a, MPI_Request *req,
+                                  MPI_Status *status, int *done) {
+    mpi_comm_data *d = c->transport;
+    census_entry *census = loom__calloc((size_t)c->size, sizeof *census);
+    if (census) {
+        census[c->rank] = (census_entry){1, (int)a->op, a->seq};
+        d->census = census;
+        d->census_seq = a->seq;
+        mpi_notice query = {.kind = NOTICE_QUERY, .seq = a->seq};
+        post_to_all(d, &query);
+        double grace = c->cfg.timeout_s * 0.25;
+        double start = now_s(), end = start + (grace < 0.1 ? 0.1 : grace > 1.0 ? 1.0 : grace);
+        for (int answered = 0; !*done && !d->failure.failed && answered < c->size;) {
+            int rc = MPI_Test(req, done, status);
+            if (rc != MPI_SUCCESS) {
+                d->census = NULL;
+                loom__free(census);
+                return fail_with_mpi_error(c, a, rc);
+            }
+            receive_notices(d, a);
+            double t = now_s();
+            if (t > end) break;
+            answered = 0;
+            for (int q = 0; q < c->size; q++) answered += census[q].replied;
+            poll_pause(t - start);
+        }
+        d->census = NULL;
+    }
+    if (*done || d->failure.failed) {
+        loom__free(census);
+        return LOOM_OK;
+    }
+    // "ranks 3, 5 did not arrive within 2.0 s (rank 5 is in all_gather #9)"
+    char missing[160] = "", elsewhere[200] = "", item[96];
+    int n_missing = 0;
+    for (int q = 0; census && q < c->size; q++) {
+        const census_entry *e = &census[q];
+        if (e->replied && e->op == (int)a->op && e->at == a->seq) continue;
+        snprintf(item, sizeof item, "%d", q);
+        append(missing, sizeof missing, ", ", item);
+        n_missing++;
+        if (e->replied) {
+            loom_comm_args there = {.op = (loom_comm_op)e->op, .seq = e->at};
+            char call[64];
+            loom__comm_describe(&there, call, sizeof call);
+            snprintf(item, sizeof item, "rank %d is in %s", q, call);
+            append(elsewhere, sizeof elsewhere, "; ", item);
+        }
+    }
+    loom__free(census);
+    if (n_missing == 0) {
+        loom__comm_failure_set(&d->failure, a, "every rank has arrived but MPI did not complete "
+                               "the call within %.1f s", c->cfg.timeout_s);
+    } else {
+        loom__comm_failure_set(&d->failure, a, "%s %s did not arrive within %.1f s%s%s%s",
+                               n_missing > 1 ? "ranks" : "rank", missing, c->cfg.timeout_s,
+                               elsewhere[0] ? " (" : "", elsewhere, elsewhere[0] ? ")" : "");
+    }
+    return LOOM_OK;
+}
+
 // Wait for `req` (the MPI side of call `a`): done, a failure notice, an MPI error, or the
 // timeout, which poisons the communicator and tells the other ranks.
 static loom_status poll_request(loom_comm_t c, const loom_comm_args *a, MPI_Request *req,
@@ -152,27 +289,39 @@ static loom_status poll_request(loom_comm_t c, const loom_comm_args *a, MPI_Requ
     int collective = a->op != LOOM_COMM_OP_SEND && a->op != LOOM_COMM_OP_RECV;
     double start = now_s(), deadline = start + c->cfg.timeout_s;
     for (;;) {
-        int done = 0;
+        int done = 0, error_class = 0;
         int rc = MPI_Test(req, &done, status);
+        if (rc != MPI_SUCCESS && a->op == LOOM_COMM_OP_RECV &&
+            MPI_Error_class(rc, &error_class) == MPI_SUCCESS && error_class == MPI_ERR_TRUNCATE) {
+            char call[128];
+            loom__comm_describe(a, call, sizeof call);
+            return loom__error(LOOM_ERR_INVALID, "%s on rank %d: rank %d sent more than the %zu "
+                               "bytes expected with this tag; the lengths and dtypes must match",
+                               call, c->rank, a->peer, a->count * a->elem_size);
+        }
         if (rc != MPI_SUCCESS) return fail_with_mpi_error(c, a, rc);
         if (done) return LOOM_OK;
-        if (receive_notices(d)) break;
+        if (receive_notices(d, a)) break;
         double t = now_s();
         if (t > deadline) {
             char call[128];
             loom__comm_describe(a, call, sizeof call);
             if (collective) {
-                loom__comm_failure_set(&d->failure, a, "not complete after %.1f s: a rank "
-                                       "stopped answering or issued a different call",
+                LOOM_CHECK(timeout_census(c, a, req, status, &done));
+                if (done) return LOOM_OK;
+            } else if (a->op == LOOM_COMM_OP_SEND) {
+                loom__comm_failure_set(&d->failure, NULL, "rank %d did not receive from rank %d "
+                                       "(tag %d) within %.1f s", a->peer, c->rank, a->tag,
                                        c->cfg.timeout_s);
             } else {
-                loom__comm_failure_set(&d->failure, NULL, "rank %d's %s did not complete "
-                                       "within %.1f s", c->rank, call, c->cfg.timeout_s);
+                loom__comm_failure_set(&d->failure, NULL, "rank %d did not send to rank %d "
+                                       "(tag %d) within %.1f s", a->peer, c->rank, a->tag,
+                                       c->cfg.timeout_s);
             }
-            char text[NOTICE_TEXT];
-            snprintf(text, sizeof text, "rank %d gave up on %s after %.1f s", c->rank, call,
-                     c->cfg.timeout_s);
-            send_notices(d, text);
+            char text[sizeof call + NOTICE_TEXT + 64];
+            snprintf(text, sizeof text, "rank %d gave up on %s: %s", c->rank, call,
+                     d->failure.reason);
+            send_failed_notices(d, text);
             break;
         }
         poll_pause(t - start);
@@ -253,7 +402,7 @@ static loom_status start_call(loom_comm_t c, const loom_comm_args *a, MPI_Reques
         rc = MPI_Irecv(out, n, type, a->peer, a->tag, d->data, req);
         break;
     default:
-        LOOM_ASSERT(0 && "not a call");
+        LOOM_ASSERT(0);  // split never comes here
     }
     if (rc != MPI_SUCCESS) {
         loom__free(*scratch);
@@ -292,7 +441,7 @@ static loom_status mpi_run(loom_comm_t c, const loom_comm_args *a) {
                                a->tag, d->tag_ub);
         }
     }
-    if (receive_notices(d)) return loom__comm_failure_raise(c, a, &d->failure);
+    if (receive_notices(d, a)) return loom__comm_failure_raise(c, a, &d->failure);
     MPI_Request req = MPI_REQUEST_NULL;
     MPI_Status status;
     void *scratch = NULL;
@@ -305,7 +454,7 @@ static loom_status mpi_run(loom_comm_t c, const loom_comm_args *a) {
 static loom_status mpi_start_async(loom_comm_t c, const loom_comm_args *a,
                                    loom_comm_request_t *out) {
     mpi_comm_data *d = c->transport;
-    if (receive_notices(d)) return loom__comm_failure_raise(c, a, &d->failure);
+    if (receive_notices(d, a)) return loom__comm_failure_raise(c, a, &d->failure);
     mpi_request *r = loom__calloc(1, sizeof *r);
     if (!r) return LOOM_ERR_NOMEM;
     r->base.comm = c;
@@ -481,7 +630,7 @@ loom_status loom__comm_mpi_create(void *mpi_comm, const loom_comm_config *cfg, l
 static loom_status mpi_split(loom_comm_t c, const loom_comm_args *a, int color, int key,
                              loom_comm_t *out) {
     mpi_comm_data *d = c->transport;
-    if (receive_notices(d)) return loom__comm_failure_raise(c, a, &d->failure);
+    if (receive_notices(d, a)) return loom__comm_failure_raise(c, a, &d->failure);
     MPI_Request req = MPI_REQUEST_NULL;
     int rc = MPI_Ibarrier(d->data, &req);
     if (rc != MPI_SUCCESS) return fail_with_mpi_error(c, a, rc);
@@ -498,31 +647,21 @@ static void mpi_abort(loom_comm_t c, const char *why) {
     pthread_mutex_lock(&live_mu);
     for (mpi_comm_data *d = live_head; d; d = d->next) {
         loom__comm_failure_set(&d->failure, NULL, "rank %d failed: %s", d->rank, why);
-        send_notices(d, d->failure.reason);
+        send_failed_notices(d, d->failure.reason);
     }
     pthread_mutex_unlock(&live_mu);
 }
 
 static void mpi_destroy(loom_comm_t c) {
     mpi_comm_data *d = c->transport;
-    if (d->notice_requests) {
-        // Notices are tiny (sent eagerly); one that has not left yet is abandoned with its buffer.
-        int all_done = 1;
-        for (int q = 0; q < d->size; q++) {
-            int done = 0;
-            if (d->notice_requests[q] == MPI_REQUEST_NULL) continue;
-            MPI_Test(&d->notice_requests[q], &done, MPI_STATUS_IGNORE);
-            if (!done) {
-                MPI_Request_free(&d->notice_requests[q]);
-                all_done = 0;
-            }
-        }
-        loom__free(d->notice_requests);
-        if (all_done) loom__free(d->notice_out);
-    }
-    receive_notices(d);
-    MPI_Comm_free(&d->control);
-    MPI_Comm_free(&d->data);
+    receive_notices(d, NULL);
+    reap_outgoing(d, 1);
+    // OpenMPI reuses the context id of a freed communicator, and a message that arrives for it
+    // later (a peer's late notice, a piece of a collective that failed here) would be taken for
+    // one of the next communicator's and break its ordering, hanging it. So the control
+    // duplicate, which peers may write to at any time, is kept until MPI_Finalize, and so is
+    // the data duplicate of a failed communicator.
+    if (!d->failure.failed) MPI_Comm_free(&d->data);
     int finalize = live_remove(d);
     loom__free(d);
     if (finalize) finalize_if_ours();
