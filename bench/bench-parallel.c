@@ -111,9 +111,10 @@ int main(int argc, char **argv) {
            dp.tokens_per_s, dp.wait_ms);
     printf("  %-34s %10.1f %10.0f %14s\n", "tp2", tp.ms, tp.tokens_per_s, "-");
     printf("dp2 / 1 rank throughput:      %.2fx\n", dp.tokens_per_s / one.tokens_per_s);
-    printf("gradient all-reduce hidden:   %.0f%% (wait %.1f ms with buckets vs %.1f ms without)\n",
-           dp_sync.wait_ms > 0 ? 100.0 * (1.0 - dp.wait_ms / dp_sync.wait_ms) : 0.0, dp.wait_ms,
-           dp_sync.wait_ms);
+    double hidden = dp_sync.wait_ms > 0 ? 1.0 - dp.wait_ms / dp_sync.wait_ms : 0.0;
+    printf("gradient all-reduce: %.1f%% of the dp2 step without buckets; hidden by buckets: %.0f%% "
+           "(wait %.1f ms with buckets vs %.1f ms without)\n", 100.0 * dp_sync.wait_ms / dp_sync.ms,
+           hidden > 0 ? 100.0 * hidden : 0.0, dp.wait_ms, dp_sync.wait_ms);
     printf("tp2 / dp2 step time:          %.2fx\n", tp.ms / dp.ms);
     free(tokens), free(targets);
     loom_model_free(m);
