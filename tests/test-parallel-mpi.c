@@ -111,7 +111,7 @@ static int run_under_mpi(void) {
         parity(models[i], losses, ref, LOOM_POLICY_TP, 2, 0);
         parity(models[i], losses, ref, LOOM_POLICY_DATA, 2, 0);
         parity(models[i], losses, ref, LOOM_POLICY_DP, 1, 2);
-        if (i == 0) parity(models[i], losses, ref, LOOM_POLICY_TP, 4, 0);
+        parity(models[i], losses, ref, LOOM_POLICY_TP, 4, 0);
         loom_model_free(ref);
     }
     int mine[2] = {tu_passed, tu_failed}, all[2];

@@ -200,6 +200,16 @@ static loom_status lower_node(pass *ps, int idx) {
     if (bias_after) op = n->op == LOOM_OP_CONV1D ? LOOM_OP_LINEAR_KN : LOOM_OP_LINEAR;
     int64_t ai[4];
     localize(ps, n, &s, ai);
+    if (s.id == LOOM_SPLIT_QHEADS) {
+        // This rank's query heads all read kv head j: take it from the replicated k and v.
+        int64_t heads_here = n->ai[0] / ps->parts, per_group = n->ai[0] / n->ai[1];
+        int j = (int)(ps->rank * heads_here / per_group);
+        for (int k = 1; k <= 2; k++) {
+            in[k] = loom_chunk(ps->lg, in[k], (int)n->ai[1], j);
+            if (in[k] == LOOM_NONE) return loom_graph_status(ps->lg);
+        }
+        ai[0] = heads_here, ai[1] = 1;
+    }
     loom_value out[LOOM_MAX_IO];
     if (loom__graph_add_node(ps->lg, op, n_in, in, ai, n->af, out) < 0)
         return loom_graph_status(ps->lg);

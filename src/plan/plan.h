@@ -26,7 +26,10 @@ typedef struct loom_placement {
 
 // How one op is split: by one identifier of its annotation (or the first '*' dim + `star_dim`).
 // LOOM_SPLIT_FOLLOW: decided while lowering, from how the inputs are already sharded.
-enum { LOOM_SPLIT_NONE = -1, LOOM_SPLIT_STAR = -2, LOOM_SPLIT_FOLLOW = -3 };
+// LOOM_SPLIT_QHEADS (attention only): the query heads split in contiguous blocks that each fall
+// inside one kv group; k and v stay replicated and each rank attends with its group's kv head
+// (grouped-query attention whose kv heads do not divide the degree).
+enum { LOOM_SPLIT_NONE = -1, LOOM_SPLIT_STAR = -2, LOOM_SPLIT_FOLLOW = -3, LOOM_SPLIT_QHEADS = -4 };
 typedef struct loom_strategy {
     int id;           // annotation identifier index, LOOM_SPLIT_STAR, or LOOM_SPLIT_NONE
     int star_dim;     // LOOM_SPLIT_STAR: which of the dims '*' covers

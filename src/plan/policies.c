@@ -32,12 +32,16 @@ static loom_status tp_strategy(const loom_graph *g, const loom_node *n, const lo
         int64_t heads = n->ai[0], groups = n->ai[1], per_group = heads / groups;
         if (groups % parts == 0) *s = split_by(n, "g", 1);
         else if (per_group % parts == 0) *s = split_by(n, "r", 1);  // k and v replicated
+        else if (heads % parts == 0 && per_group % (heads / parts) == 0)
+            *s = (loom_strategy){LOOM_SPLIT_QHEADS, 0, 1};  // one kv head per rank, replicated
         else
             return loom__error(LOOM_ERR_SHAPE,
                                "tensor parallel degree %d divides neither the %lld key/value "
-                               "heads nor the %lld query heads per key/value head (module '%s'); "
+                               "heads nor the %lld query heads per key/value head, nor the "
+                               "%lld query heads into blocks inside one group (module '%s'); "
                                "choose a degree that divides one of them", parts,
-                               (long long)groups, (long long)per_group, g->modules[n->module]);
+                               (long long)groups, (long long)per_group, (long long)heads,
+                               g->modules[n->module]);
         return LOOM_OK;
     }
     if (!strcmp(split, "kv_n")) {

@@ -88,6 +88,17 @@ loom_status loom__strategy_placements(const loom_graph *g, const loom_node *n,
     for (int i = 0; i < n->n_in; i++) in[i] = (loom_placement){LOOM_PLACE_REPLICATE, 0, 1, 1.0f};
     for (int o = 0; o < n->n_out; o++) out[o] = (loom_placement){LOOM_PLACE_REPLICATE, 0, 1, 1.0f};
     if (s->id == LOOM_SPLIT_NONE || parts == 1) return LOOM_OK;
+    if (s->id == LOOM_SPLIT_QHEADS) {
+        int64_t heads = n->ai[0], groups = n->ai[1], per_group = heads / groups;
+        if (n->op != LOOM_OP_ATTENTION || heads % parts != 0 || per_group % (heads / parts) != 0)
+            return loom__error(LOOM_ERR_SHAPE, "%s in module '%s': %lld query heads in %lld kv "
+                               "groups do not split into %d blocks inside single groups",
+                               loom__op_def(n->op)->signature, module_of(g, n), (long long)heads,
+                               (long long)groups, parts);
+        in[0] = out[0] = (loom_placement){LOOM_PLACE_SHARD, 2, 1, 1.0f};
+        out[1] = (loom_placement){LOOM_PLACE_SHARD, 1, 1, 1.0f};
+        return LOOM_OK;
+    }
     bound_ann b;
     LOOM_CHECK(bind_node(g, n, &b));
     const loom_op_def *def = loom__op_def(n->op);
