@@ -82,13 +82,15 @@ static const zero_opts no_zero = {0, 1, 1, 0};
 static loom_constraints_t g_constraints;
 static loom_policy_fn g_policy_fn;
 static const char *g_plan_file;
+static float g_loss_scale = 1.0f;  // static loss scaling of the parallel run
 
 static void parity(const char *name, const reference *ref, loom_policy policy, int plan,
                    int runtime, zero_opts zero) {
     char what[128];
-    snprintf(what, sizeof what, "%s %s plan %d runtime %d%s%s%s", name, loom_policy_name(policy),
+    snprintf(what, sizeof what, "%s %s plan %d runtime %d%s%s%s%s", name, loom_policy_name(policy),
              plan, runtime, !zero.use ? "" : zero.reduce_scatter ? " zero rs" : " zero ar",
-             zero.sync_reducer ? " sync reducer" : "", g_constraints ? " constrained" : "");
+             zero.sync_reducer ? " sync reducer" : "", g_constraints ? " constrained" : "",
+             g_loss_scale != 1.0f ? " loss scale" : "");
     if (zero.use && zero.groups > 1)
         snprintf(what + strlen(what), sizeof what - strlen(what), " %d groups", zero.groups);
     loom_model_t m = load(name);
@@ -106,6 +108,7 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
     cc.policy_fn = g_policy_fn;
     cc.plan_file = g_plan_file;
     loom_train_config tc = train_config();
+    tc.loss_scale = g_loss_scale;
     loom_parallel_t p = NULL;
     loom_status st = loom_parallelize(m, &cc, &tc, &p);
     CHECK_MSG(st == 0, "%s: %s", what, loom_last_error());
@@ -121,6 +124,11 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
                   "%s: optimizer state %zu bytes, parameters %zu", what, mem.optimizer,
                   mem.parameters);
     }
+    // Inference first: the forward-only loss is the first step's loss.
+    float eval_loss = 0;
+    CHECK_OK(loom_parallel_eval(p, tokens, targets, &eval_loss));
+    CHECK_MSG(fabs(eval_loss - ref->losses[0]) <= 1e-5 * fabs(ref->losses[0]),
+              "%s: eval loss %.7f vs %.7f", what, eval_loss, ref->losses[0]);
     double worst_loss = 0, worst_param = 0;
     for (int s = 0; s < STEPS; s++) {
         loom_step_stats stats;
@@ -368,6 +376,9 @@ int main(void) {
         parity(models[i], &ref, LOOM_POLICY_DP, 1, 2, no_zero);
         parity(models[i], &ref, LOOM_POLICY_DP, 1, 4, no_zero);
         parity(models[i], &ref, LOOM_POLICY_DP, 1, 2, (zero_opts){0, 1, 1, 1});
+        g_loss_scale = 1024.0f;  // a power of two: scaling is exact, results must not move
+        parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, (zero_opts){1, 1, 1, 0});
+        g_loss_scale = 1.0f;
         parity(models[i], &ref, LOOM_POLICY_DATA, 2, 2, no_zero);
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 2, no_zero);
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, no_zero);

@@ -85,6 +85,10 @@ void loom_parallel_free(loom_parallel_t p);
 // data policy).
 loom_status loom_parallel_step(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
                                loom_step_stats *stats);
+// Inference: the loss of one (B, T) batch under the current parameters, forward only (no
+// gradients, no update), averaged over the units like a step's.
+loom_status loom_parallel_eval(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
+                               float *loss);
 // Write the merged (global) parameters back into the model. Collective: under mpi every process
 // calls it and the process of rank 0 gets the merged parameters.
 loom_status loom_parallel_sync_model(loom_parallel_t p);

@@ -34,6 +34,8 @@ typedef struct loom_train_config {
     float momentum;             // SGD
     float weight_decay;         // decoupled (AdamW) or L2 (SGD), applied to every parameter
     float grad_clip;            // max global gradient norm; 0 disables clipping
+    float loss_scale;           // static loss scaling: the backward starts from loss_scale and
+                                // gradients are unscaled before clipping (default 1)
     int threads;                // 0: all cores
     int profile;                // accumulate per-op times (loom_trainer_profile)
 } loom_train_config;

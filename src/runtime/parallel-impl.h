@@ -13,6 +13,7 @@ typedef struct rank_state {
     loom_comm_t world, unit_comm, dp_comm, zero_comm, zero_cross;
     loom_local_graph lg;
     loom_runner *runner;
+    loom_runner *eval_runner;         // forward-only program on the same parameters (lazy)
     float *params;                    // the rank's parameter region
     int32_t *batch[3];                // tokens, targets, positions: (grad_accum, B_local, T)
     loom_value inputs[3];

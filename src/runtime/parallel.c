@@ -213,7 +213,7 @@ static loom_status rank_setup(rank_state *rs) {
     loom_optim_params optim = {
         .kind = (int)tc->optimizer, .lr = tc->lr, .beta1 = tc->beta1, .beta2 = tc->beta2,
         .eps = tc->eps, .weight_decay = tc->weight_decay, .momentum = tc->momentum,
-        .grad_clip = tc->grad_clip};
+        .grad_clip = tc->grad_clip, .loss_scale = tc->loss_scale};
     LOOM_CHECK(loom__runner_set_optimizer(r, &optim));
     load_params(rs);
     // Input buffers: the rank's rows of every micro-batch.
@@ -334,6 +334,7 @@ void loom_parallel_free(loom_parallel_t p) {
     if (!p) return;
     for (int r = 0; p->ranks && r < p->n_held; r++) {
         rank_state *rs = &p->ranks[r];
+        loom__runner_free(rs->eval_runner);
         loom__runner_free(rs->runner);
         loom__free_aligned(rs->params);
         loom__local_graph_free(&rs->lg);
@@ -352,8 +353,9 @@ void loom_parallel_free(loom_parallel_t p) {
 
 // ---- stepping -------------------------------------------------------------------------------------
 
-// The rank's rows: its unit's block of the global batch, then (split inputs) its share of it.
-static void fill_batch(rank_state *rs) {
+// The rank's rows: its unit's block of the global batch, then (split inputs) its share of it,
+// for runner `r`.
+static void fill_batch(rank_state *rs, loom_runner *r) {
     loom_parallel_t p = rs->par;
     const loom_train_config *tc = &p->tc;
     int64_t T = tc->seq, unit_rows = tc->batch / p->units;
@@ -367,11 +369,11 @@ static void fill_batch(rank_state *rs) {
             for (size_t i = 0; i < n; i++) rs->batch[2][dst + i] = (int32_t)(i % (size_t)T);
     }
     for (int k = 0; k < 3; k++)
-        if (rs->inputs[k] >= 0) rs->runner->batch_src[rs->inputs[k]] = rs->batch[k];
+        if (rs->inputs[k] >= 0) r->batch_src[rs->inputs[k]] = rs->batch[k];
 }
 
 static loom_status rank_step(rank_state *rs) {
-    fill_batch(rs);
+    fill_batch(rs, rs->runner);
     LOOM_CHECK(loom__runner_run(rs->runner));
     // Each unit's loss is complete on its ranks; average over the units (data parallel).
     rs->loss = (float)(rs->runner->loss_sum / rs->par->tc.grad_accum);
@@ -380,6 +382,40 @@ static loom_status rank_step(rank_state *rs) {
                                         LOOM_REDUCE_SUM));
         rs->loss /= (float)rs->par->units;
     }
+    return LOOM_OK;
+}
+
+// Forward only: the loss of the first micro-batch, averaged over the units.
+static loom_status rank_eval(rank_state *rs) {
+    if (!rs->eval_runner) {
+        loom_lower_options lo = {.train = 0, .micro_batches = 1};
+        loom_program *prog = NULL;
+        LOOM_CHECK(loom__lower(rs->lg.graph, &lo, &prog));
+        // The forward program's parameters are the training program's (same local graph).
+        LOOM_ASSERT(prog->region_bytes[LOOM_REGION_PARAM] <=
+                    rs->runner->prog->region_bytes[LOOM_REGION_PARAM]);
+        LOOM_CHECK(loom__runner_create(prog, loom__backend_cpu(), rs->params, &rs->eval_runner));
+        rs->eval_runner->kernel.comm = rs->runner->kernel.comm;
+    }
+    fill_batch(rs, rs->eval_runner);
+    LOOM_CHECK(loom__runner_run(rs->eval_runner));
+    rs->loss = *(const float *)rs->eval_runner->ptr[rs->lg.loss];
+    if (rs->par->units > 1) {
+        LOOM_CHECK(loom_comm_all_reduce(rs->dp_comm, &rs->loss, &rs->loss, 1, LOOM_DTYPE_F32,
+                                        LOOM_REDUCE_SUM));
+        rs->loss /= (float)rs->par->units;
+    }
+    return LOOM_OK;
+}
+
+loom_status loom_parallel_eval(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
+                               float *loss) {
+    if (!tokens || !targets)
+        return loom__error(LOOM_ERR_INVALID, "loom_parallel_eval: tokens and targets are required");
+    p->step_tokens = tokens;
+    p->step_targets = targets;
+    LOOM_CHECK(loom__run_ranks(p, rank_eval));
+    *loss = p->ranks[0].loss;
     return LOOM_OK;
 }
 

@@ -87,6 +87,10 @@ static loom_status load_batch(loom_runner *r, int micro) {
     return LOOM_OK;
 }
 
+static float loss_scale(const loom_runner *r) {
+    return r->optim.loss_scale > 0 ? r->optim.loss_scale : 1.0f;
+}
+
 static size_t param_floats(const loom_runner *r) {
     return r->prog->region_bytes[LOOM_REGION_PARAM] / sizeof(float);
 }
@@ -134,7 +138,7 @@ static loom_status clip_grads(loom_runner *r) {
     float sumsq = (float)local;
     LOOM_CHECK(sum_over(r->zero_comm, &sumsq));
     if (r->norm_skip) LOOM_CHECK(sum_over(r->kernel.comm, &sumsq));
-    r->last_grad_norm = sqrtf(sumsq);
+    r->last_grad_norm = sqrtf(sumsq) / loss_scale(r);  // the norm of the unscaled gradients
     return LOOM_OK;
 }
 
@@ -176,6 +180,7 @@ static loom_status optimizer_step(loom_runner *r) {
         float coef = o->grad_clip / (r->last_grad_norm + 1e-6f);
         if (coef < 1.0f) scale = coef;
     }
+    scale /= loss_scale(r);
     if (!isfinite(r->last_grad_norm))
         return loom__error(LOOM_ERR_INVALID, "gradient norm is %g at step %lld: the loss "
                            "diverged (lower the learning rate or enable --grad-clip)",
@@ -234,7 +239,7 @@ loom_status loom__runner_run(loom_runner *r) {
             break;
         case LOOM_INSTR_LOAD_BATCH: LOOM_CHECK(load_batch(r, in->arg)); break;
         case LOOM_INSTR_SEED_GRAD:
-            *(float *)r->ptr[g->values[p->loss].grad] = 1.0f / (float)p->micro_batches;
+            *(float *)r->ptr[g->values[p->loss].grad] = loss_scale(r) / (float)p->micro_batches;
             break;
         case LOOM_INSTR_RECORD_LOSS: r->loss_sum += *(const float *)r->ptr[p->loss]; break;
         case LOOM_INSTR_FORWARD:

@@ -9,6 +9,7 @@
 typedef struct loom_optim_params {
     int kind;  // 0 AdamW, 1 SGD (loom_optimizer_kind)
     float lr, beta1, beta2, eps, weight_decay, momentum, grad_clip;
+    float loss_scale;  // 0 or 1: none
 } loom_optim_params;
 
 // A contiguous range of the flat gradient region all-reduced as one message once instruction

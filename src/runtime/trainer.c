@@ -34,6 +34,7 @@ loom_train_config loom_train_config_default(void) {
     c.momentum = 0.0f;
     c.weight_decay = 0.0f;
     c.grad_clip = 1.0f;
+    c.loss_scale = 1.0f;
     return c;
 }
 
@@ -45,7 +46,7 @@ static loom_status validate_config(const loom_train_config *c) {
         return loom__error(LOOM_ERR_INVALID, "unknown optimizer %d", (int)c->optimizer);
     if (!(c->lr >= 0) || !(c->eps > 0) || !(c->beta1 >= 0 && c->beta1 < 1) ||
         !(c->beta2 >= 0 && c->beta2 < 1) || !(c->weight_decay >= 0) || !(c->grad_clip >= 0) ||
-        !(c->momentum >= 0))
+        !(c->momentum >= 0) || !(c->loss_scale >= 0))
         return loom__error(LOOM_ERR_INVALID, "optimizer settings out of range: lr >= 0, "
                            "0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0, grad_clip >= 0, "
                            "momentum >= 0");
@@ -78,7 +79,7 @@ loom_status loom_trainer_create(loom_model_t model, const loom_train_config *cfg
     loom_optim_params optim = {
         .kind = (int)cfg->optimizer, .lr = cfg->lr, .beta1 = cfg->beta1, .beta2 = cfg->beta2,
         .eps = cfg->eps, .weight_decay = cfg->weight_decay, .momentum = cfg->momentum,
-        .grad_clip = cfg->grad_clip};
+        .grad_clip = cfg->grad_clip, .loss_scale = cfg->loss_scale};
     st = loom__runner_set_optimizer(t->runner, &optim);
     if (st < 0) goto fail;
     t->tokens = loom_graph_find(t->graph, "tokens");
