@@ -84,17 +84,6 @@ static loom_status check_json_text(const char *text, const char *field) {
     return LOOM_OK;
 }
 
-// Remove dir/checkpoint.json if present: the directory is being overwritten.
-static loom_status remove_commit_mark(const char *dir) {
-    char *path = loom__path_join(dir, LOOM_CKPT_INDEX_NAME);
-    if (!path) return LOOM_ERR_NOMEM;
-    loom_status st = LOOM_OK;
-    if (unlink(path) != 0 && errno != ENOENT)
-        st = loom__error(LOOM_ERR_IO, "cannot remove stale '%s': %s", path, strerror(errno));
-    loom__free(path);
-    return st;
-}
-
 static loom_status check_info(const char *dir, const loom_shard_info *info, int n,
                               const loom_shard_tensor *tensors) {
     if (!dir || !*dir || !info || n < 0 || (n > 0 && !tensors))
@@ -152,7 +141,7 @@ loom_status loom_checkpoint_write_shard(const char *dir, const loom_shard_info *
         n_meta++;
     }
     LOOM_CHECK_GOTO(loom__ensure_dir(dir), st, done);
-    LOOM_CHECK_GOTO(remove_commit_mark(dir), st, done);
+    LOOM_CHECK_GOTO(loom__remove_stale(dir, LOOM_CKPT_INDEX_NAME), st, done);
     st = loom_safetensors_write(path, n, named, n_meta, meta);
 done:
     free(slices_text);

@@ -187,3 +187,13 @@ int loom__is_regular_file(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
+
+loom_status loom__remove_stale(const char *dir, const char *name) {
+    char *p = loom__path_join(dir, name);
+    if (!p) return LOOM_ERR_NOMEM;
+    loom_status st = LOOM_OK;
+    if (unlink(p) != 0 && errno != ENOENT)
+        st = loom__error(LOOM_ERR_IO, "cannot remove stale '%s': %s", p, strerror(errno));
+    loom__free(p);
+    return st;
+}

@@ -151,17 +151,6 @@ done:
     return st;
 }
 
-// Remove dir/name if it exists (a stale file of the other layout).
-static loom_status remove_stale(const char *dir, const char *name) {
-    char *p = loom__path_join(dir, name);
-    if (!p) return LOOM_ERR_NOMEM;
-    loom_status st = LOOM_OK;
-    if (unlink(p) != 0 && errno != ENOENT)
-        st = loom__error(LOOM_ERR_IO, "cannot remove stale '%s': %s", p, strerror(errno));
-    loom__free(p);
-    return st;
-}
-
 // Write tensors [first, first + count) to dir/name with the {"format": "pt"} metadata.
 static loom_status write_in_dir(const char *dir, const char *name, int count,
                                 const loom_named_tensor *tensors) {
@@ -213,7 +202,7 @@ loom_status loom_safetensors_write_sharded(const char *dir, int n, const loom_na
     LOOM_CHECK_GOTO(loom__ensure_dir(dir), st, done);
     if (max_shard_bytes == 0 || total <= max_shard_bytes) {
         LOOM_CHECK_GOTO(write_in_dir(dir, LOOM_ST_SINGLE_NAME, n, tensors), st, done);
-        st = remove_stale(dir, LOOM_ST_INDEX_NAME);
+        st = loom__remove_stale(dir, LOOM_ST_INDEX_NAME);
         goto done;
     }
     // Plan: fill shards in order; a tensor that does not fit starts the next shard.
@@ -248,7 +237,7 @@ loom_status loom_safetensors_write_sharded(const char *dir, int n, const loom_na
         first = last;
     }
     LOOM_CHECK_GOTO(write_index(dir, weight_map, total), st, done);
-    st = remove_stale(dir, LOOM_ST_SINGLE_NAME);
+    st = loom__remove_stale(dir, LOOM_ST_SINGLE_NAME);
 done:
     json_decref(weight_map);
     loom__free(shard_of);

@@ -147,11 +147,17 @@ done:
     return st;
 }
 
-loom_status loom_parallel_save_sharded(loom_parallel_t p, const char *dir) {
+// Run a checkpoint rank function with the directory it reads or writes.
+static loom_status run_with_dir(loom_parallel_t p, const char *dir, loom__rank_fn fn) {
+    if (!dir || !*dir) return loom__error(LOOM_ERR_INVALID, "checkpoint: no directory given");
     p->io_dir = dir;
-    loom_status st = loom__run_ranks(p, rank_save);
+    loom_status st = loom__run_ranks(p, fn);
     p->io_dir = NULL;
     return st;
+}
+
+loom_status loom_parallel_save_sharded(loom_parallel_t p, const char *dir) {
+    return run_with_dir(p, dir, rank_save);
 }
 
 // ---- loading -------------------------------------------------------------------------------------
@@ -233,8 +239,5 @@ static loom_status rank_load(rank_state *rs) {
 }
 
 loom_status loom_parallel_load_checkpoint(loom_parallel_t p, const char *dir) {
-    p->io_dir = dir;
-    loom_status st = loom__run_ranks(p, rank_load);
-    p->io_dir = NULL;
-    return st;
+    return run_with_dir(p, dir, rank_load);
 }

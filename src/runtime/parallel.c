@@ -372,17 +372,20 @@ static void fill_batch(rank_state *rs, loom_runner *r) {
         if (rs->inputs[k] >= 0) r->batch_src[rs->inputs[k]] = rs->batch[k];
 }
 
+// Each unit's loss is complete on its ranks: average rs->loss over the units (data parallel).
+static loom_status average_over_units(rank_state *rs) {
+    if (rs->par->units == 1) return LOOM_OK;
+    LOOM_CHECK(loom_comm_all_reduce(rs->dp_comm, &rs->loss, &rs->loss, 1, LOOM_DTYPE_F32,
+                                    LOOM_REDUCE_SUM));
+    rs->loss /= (float)rs->par->units;
+    return LOOM_OK;
+}
+
 static loom_status rank_step(rank_state *rs) {
     fill_batch(rs, rs->runner);
     LOOM_CHECK(loom__runner_run(rs->runner));
-    // Each unit's loss is complete on its ranks; average over the units (data parallel).
     rs->loss = (float)(rs->runner->loss_sum / rs->par->tc.grad_accum);
-    if (rs->par->units > 1) {
-        LOOM_CHECK(loom_comm_all_reduce(rs->dp_comm, &rs->loss, &rs->loss, 1, LOOM_DTYPE_F32,
-                                        LOOM_REDUCE_SUM));
-        rs->loss /= (float)rs->par->units;
-    }
-    return LOOM_OK;
+    return average_over_units(rs);
 }
 
 // Forward only: the loss of the first micro-batch, averaged over the units.
@@ -400,20 +403,22 @@ static loom_status rank_eval(rank_state *rs) {
     fill_batch(rs, rs->eval_runner);
     LOOM_CHECK(loom__runner_run(rs->eval_runner));
     rs->loss = *(const float *)rs->eval_runner->ptr[rs->lg.loss];
-    if (rs->par->units > 1) {
-        LOOM_CHECK(loom_comm_all_reduce(rs->dp_comm, &rs->loss, &rs->loss, 1, LOOM_DTYPE_F32,
-                                        LOOM_REDUCE_SUM));
-        rs->loss /= (float)rs->par->units;
-    }
+    return average_over_units(rs);
+}
+
+// The global batch the next rank function reads.
+static loom_status set_batch(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
+                             const char *fn) {
+    if (!tokens || !targets)
+        return loom__error(LOOM_ERR_INVALID, "%s: tokens and targets are required", fn);
+    p->step_tokens = tokens;
+    p->step_targets = targets;
     return LOOM_OK;
 }
 
 loom_status loom_parallel_eval(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
                                float *loss) {
-    if (!tokens || !targets)
-        return loom__error(LOOM_ERR_INVALID, "loom_parallel_eval: tokens and targets are required");
-    p->step_tokens = tokens;
-    p->step_targets = targets;
+    LOOM_CHECK(set_batch(p, tokens, targets, "loom_parallel_eval"));
     LOOM_CHECK(loom__run_ranks(p, rank_eval));
     *loss = p->ranks[0].loss;
     return LOOM_OK;
@@ -421,10 +426,7 @@ loom_status loom_parallel_eval(loom_parallel_t p, const int32_t *tokens, const i
 
 loom_status loom_parallel_step(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
                                loom_step_stats *stats) {
-    if (!tokens || !targets)
-        return loom__error(LOOM_ERR_INVALID, "loom_parallel_step: tokens and targets are required");
-    p->step_tokens = tokens;
-    p->step_targets = targets;
+    LOOM_CHECK(set_batch(p, tokens, targets, "loom_parallel_step"));
     double t0 = omp_get_wtime();
     LOOM_CHECK(loom__run_ranks(p, rank_step));
     double dt = omp_get_wtime() - t0;
