@@ -26,9 +26,12 @@ typedef struct reference {
 
 static int32_t tokens[B * T], targets[B * T];
 
+static int g_grad_accum = 1;  // micro-batches per step (the global batch is split into them)
+
 static loom_train_config train_config(void) {
     loom_train_config tc = loom_train_config_default();
-    tc.batch = B;
+    tc.grad_accum = g_grad_accum;
+    tc.batch = B / g_grad_accum;
     tc.seq = T;
     tc.lr = 1e-2f;
     tc.weight_decay = 0.1f;
@@ -124,10 +127,11 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
                   "%s: optimizer state %zu bytes, parameters %zu", what, mem.optimizer,
                   mem.parameters);
     }
-    // Inference first: the forward-only loss is the first step's loss.
+    // Inference first: the forward-only loss of the batch is the first step's loss (with one
+    // micro-batch per step; eval reads one micro-batch).
     float eval_loss = 0;
     CHECK_OK(loom_parallel_eval(p, tokens, targets, &eval_loss));
-    CHECK_MSG(fabs(eval_loss - ref->losses[0]) <= 1e-5 * fabs(ref->losses[0]),
+    CHECK_MSG(g_grad_accum > 1 || fabs(eval_loss - ref->losses[0]) <= 1e-5 * fabs(ref->losses[0]),
               "%s: eval loss %.7f vs %.7f", what, eval_loss, ref->losses[0]);
     double worst_loss = 0, worst_param = 0;
     for (int s = 0; s < STEPS; s++) {
@@ -345,9 +349,37 @@ static void test_checkpoint_round_trip(const char *name, const reference *ref) {
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
 }
 
-// A rank that fails (bad data in its rows only) must make the step fail with its own message,
-// not leave the other ranks waiting in a collective.
-static void test_rank_failure(void) {
+static void free_reference(reference *ref) {
+    for (int k = 0; k < ref->n; k++) free(ref->params[k]);
+    free(ref->params);
+    free(ref->numel);
+}
+
+// Targets ignored unevenly across ranks (most of the first rows) and gradient accumulation
+// still give the single-device numbers: the loss is normalized by the kept targets of the whole
+// batch, not averaged over per-rank means.
+static void test_uneven_batches(void) {
+    int32_t saved[B * T];
+    memcpy(saved, targets, sizeof saved);
+    for (int i = 0; i < 40; i++) targets[i] = -100;
+    reference ref = {0};
+    single_device("gpt2", &ref);
+    parity("gpt2", &ref, LOOM_POLICY_DP, 1, 2, no_zero);
+    parity("gpt2", &ref, LOOM_POLICY_DATA, 2, 2, no_zero);
+    parity("gpt2", &ref, LOOM_POLICY_TP, 2, 4, no_zero);
+    free_reference(&ref);
+    memcpy(targets, saved, sizeof saved);
+    g_grad_accum = 2;  // 2 micro-batches of 2 rows
+    single_device("llama", &ref);
+    parity("llama", &ref, LOOM_POLICY_DP, 1, 2, no_zero);
+    parity("llama", &ref, LOOM_POLICY_TP, 2, 2, (zero_opts){0, 1, 1, 0});
+    free_reference(&ref);
+    g_grad_accum = 1;
+}
+
+// Bad data in one unit's rows is refused before any rank starts, naming it; the trainer stays
+// usable (a rank failing mid-step would poison the communicators: see test-comm-*).
+static void test_bad_batch(void) {
     loom_model_t m = load("gpt2");
     loom_parallel_t p = start(m, LOOM_POLICY_TP, 2, 4, 0);
     int32_t bad[B * T];
@@ -355,9 +387,23 @@ static void test_rank_failure(void) {
     bad[B * T - 1] = 1000;  // the last row belongs to the second unit
     loom_status st = p ? loom_parallel_step(p, tokens, bad, NULL) : LOOM_ERR_INTERNAL;
     CHECK_MSG(st == LOOM_ERR_INVALID && strstr(loom_last_error(), "target id 1000") &&
-                  strstr(loom_last_error(), "rank 2"),
-              "rank failure: status %d, '%s'", st, loom_last_error());
+                  strstr(loom_last_error(), "position 63"),
+              "bad batch: status %d, '%s'", st, loom_last_error());
+    memcpy(bad, tokens, sizeof bad);
+    bad[0] = 96;  // == vocabulary size: not a token
+    st = p ? loom_parallel_step(p, bad, targets, NULL) : LOOM_ERR_INTERNAL;
+    CHECK_MSG(st == LOOM_ERR_INVALID && strstr(loom_last_error(), "token id 96"),
+              "token == vocab: status %d, '%s'", st, loom_last_error());
+    if (p) CHECK_OK(loom_parallel_step(p, tokens, targets, NULL));
     loom_parallel_free(p);
+    // The single-device trainer refuses it too (the embedding row V does not exist).
+    loom_train_config tc = train_config();
+    loom_trainer_t t;
+    CHECK_OK(loom_trainer_create(m, &tc, &t));
+    st = loom_trainer_step(t, bad, targets, NULL);
+    CHECK_MSG(st == LOOM_ERR_INVALID && strstr(loom_last_error(), "token id 96"),
+              "single device, token == vocab: status %d, '%s'", st, loom_last_error());
+    loom_trainer_free(t);
     loom_model_free(m);
 }
 
@@ -368,7 +414,8 @@ int main(void) {
         tokens[i] = (int32_t)((s >> 8) % 96);
         targets[i] = (int32_t)((s >> 16) % 96);
     }
-    test_rank_failure();
+    test_bad_batch();
+    test_uneven_batches();
     const char *models[] = {"gpt2", "llama", "qwen2"};
     for (int i = 0; i < 3; i++) {
         reference ref = {0};
@@ -391,9 +438,7 @@ int main(void) {
         if (i < 2) test_checkpoint_round_trip(models[i], &ref);
         test_constraints(models[i], &ref);
         if (i < 2) test_custom_policies(models[i], &ref, 2);
-        for (int k = 0; k < ref.n; k++) free(ref.params[k]);
-        free(ref.params);
-        free(ref.numel);
+        free_reference(&ref);
     }
     // LLaMA fixture: 4 query heads in 2 kv groups; 8-way tensor parallelism splits nothing.
     expect_error("llama", LOOM_POLICY_TP, 8, 8, LOOM_ERR_SHAPE, "divides neither");

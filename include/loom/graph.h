@@ -115,6 +115,10 @@ loom_value loom_chunk(loom_graph_t g, loom_value x, int chunks, int index);
 loom_value loom_bias_add(loom_graph_t g, loom_value x, loom_value bias);
 // Sum of all elements, shape (1).
 loom_value loom_sum(loom_graph_t g, loom_value x);
+// The same loss summed over the kept rows (no division): splitting its rows gives exact partial
+// sums; multiply by 1 / (kept rows of the whole batch) for the mean.
+loom_value loom_cross_entropy_sum(loom_graph_t g, loom_value logits, loom_value targets,
+                                  int ignore_index);
 // out (*, len) = x (*, start : start + len) on the last dim.
 loom_value loom_slice(loom_graph_t g, loom_value x, int64_t start, int64_t len);
 

@@ -10,6 +10,7 @@
 //   chunk                ai[0] chunks            ai[1] index
 //   embedding            ai[0] first row held    ai[1] full vocabulary (0: not split)
 //   cross_entropy        ai[1] first column held ai[2] full vocabulary (0: not split)
+//                        ai[3] 1: sum over kept rows instead of their mean
 //   comm ops             ai[0] dim               ai[1] chunks   ai[2] group size
 //                        ai[3] group (0: the unit's devices)    af[0] scale (all_reduce)
 
@@ -262,6 +263,12 @@ loom_value loom_cross_entropy(loom_graph_t g, loom_value logits, loom_value targ
                               int ignore_index) {
     return add1(g, LOOM_OP_CROSS_ENTROPY, 2, (loom_value[]){logits, targets},
                 (int64_t[4]){ignore_index, 0, 0, 0}, NULL);
+}
+
+loom_value loom_cross_entropy_sum(loom_graph_t g, loom_value logits, loom_value targets,
+                                  int ignore_index) {
+    return add1(g, LOOM_OP_CROSS_ENTROPY, 2, (loom_value[]){logits, targets},
+                (int64_t[4]){ignore_index, 0, 0, 1}, NULL);
 }
 
 loom_value loom_sum(loom_graph_t g, loom_value x) {

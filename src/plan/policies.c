@@ -131,7 +131,9 @@ loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc
                 return loom__plan_free(plan), st;
             }
         }
-        if (policy == LOOM_POLICY_DATA && parts > 1) s = data_strategy(n);
+        // Scalars (the loss and its normalizer) have no batch to split.
+        if (policy == LOOM_POLICY_DATA && parts > 1 && loom__value_numel(g, n->in[0]) > 1)
+            s = data_strategy(n);
         if (policy == LOOM_POLICY_TP && parts > 1) {
             s = (loom_strategy){LOOM_SPLIT_FOLLOW, 0, 1};
             for (const loom_tp_rule *r = rules; r->module; r++) {

@@ -119,7 +119,8 @@ loom_status loom__strategy_placements(const loom_graph *g, const loom_node *n,
         LOOM_CHECK(place_tensor(g, n, &b, s, parts, b.ann.n_in + o, &out[o]));
     if (n->op == LOOM_OP_CROSS_ENTROPY) {
         if (s->id == LOOM_SPLIT_STAR) {
-            out[0].scale = 1.0f / (float)parts;  // mean over ranks of per-rank mean losses
+            // A summed loss splits into exact partial sums; a mean into a mean of rank means.
+            if (!n->ai[3]) out[0].scale = 1.0f / (float)parts;
         } else {
             // Vocabulary-parallel: the op reduces max, sum of exponentials and target logits
             // itself; every output is then complete on every rank.

@@ -7,6 +7,8 @@
 #include "plan/plan.h"
 #include "runtime/runner.h"
 
+enum { LOOM_PARALLEL_INPUTS = 4 };
+
 typedef struct rank_state {
     struct loom_parallel *par;
     int rank, unit, index;            // global rank, unit (dp index), index inside the unit
@@ -15,9 +17,11 @@ typedef struct rank_state {
     loom_runner *runner;
     loom_runner *eval_runner;         // forward-only program on the same parameters (lazy)
     float *params;                    // the rank's parameter region
-    int32_t *batch[3];                // tokens, targets, positions: (grad_accum, B_local, T)
-    loom_value inputs[3];
-    int64_t rows;                     // B_local
+    // Per-step inputs (tokens, targets, positions, loss normalizer): their local values, the
+    // rows of the unit's batch each holds, and buffers for every micro-batch.
+    loom_value inputs[LOOM_PARALLEL_INPUTS];
+    int64_t rows[LOOM_PARALLEL_INPUTS], first_row[LOOM_PARALLEL_INPUTS];
+    void *batch[LOOM_PARALLEL_INPUTS];
     float loss;                       // the step's loss, averaged over the units
     loom_status status;
     char error[1024];
@@ -35,6 +39,7 @@ struct loom_parallel {
     loom_plan plan;
     rank_state *ranks;
     const int32_t *step_tokens, *step_targets;
+    float *loss_norm;                 // per micro-batch: units / kept targets of the global batch
     const char *io_dir;               // checkpoint directory of the current save or load
 };
 

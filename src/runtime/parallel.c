@@ -216,16 +216,24 @@ static loom_status rank_setup(rank_state *rs) {
         .grad_clip = tc->grad_clip, .loss_scale = tc->loss_scale};
     LOOM_CHECK(loom__runner_set_optimizer(r, &optim));
     load_params(rs);
-    // Input buffers: the rank's rows of every micro-batch.
-    static const char *names[3] = {"tokens", "targets", "positions"};
-    for (int k = 0; k < 3; k++) {
+    // Input buffers: the rank's rows of every micro-batch. The batch inputs are replicated in
+    // the unit or split by rows; a plan splitting them otherwise is refused.
+    static const char *names[LOOM_PARALLEL_INPUTS] = {"tokens", "targets", "positions",
+                                                      "loss_norm"};
+    int64_t unit_rows = tc->batch / p->units;
+    for (int k = 0; k < LOOM_PARALLEL_INPUTS; k++) {
         loom_value gv = loom_graph_find(p->global, names[k]);
         const loom_local_leaf *leaf = gv >= 0 ? find_leaf(rs, gv) : NULL;
         rs->inputs[k] = leaf ? leaf->local : LOOM_NONE;
         if (!leaf) continue;
+        const loom_placement *pl = &leaf->place;
+        if (k < 3 && pl->kind == LOOM_PLACE_SHARD && (pl->dim != 0 || pl->chunks != 1))
+            return loom__error(LOOM_ERR_UNSUPPORTED, "the plan splits input '%s' along dim %d; "
+                               "inputs may be split only by rows (dim 0)", names[k], pl->dim);
+        rs->rows[k] = rs->lg.graph->values[leaf->local].shape[0];
+        rs->first_row[k] = rs->unit * unit_rows + (pl->kind == LOOM_PLACE_SHARD ? rs->index * rs->rows[k] : 0);
         int64_t n = loom__value_numel(rs->lg.graph, leaf->local) * tc->grad_accum;
-        rs->rows = rs->lg.graph->values[leaf->local].shape[0];
-        rs->batch[k] = loom__malloc((size_t)n * sizeof(int32_t));
+        rs->batch[k] = loom__malloc((size_t)n * 4);  // int32 or float
         if (!rs->batch[k]) return LOOM_ERR_NOMEM;
     }
     return LOOM_OK;
@@ -268,6 +276,8 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
         per_process = local && atoi(local) > 0 ? atoi(local) : 1;
     }
     p->threads_per_rank = tc->threads > 0 ? tc->threads : (int)(cores / per_process);
+    p->loss_norm = loom__calloc((size_t)tc->grad_accum, sizeof(float));
+    if (!p->loss_norm) return loom_parallel_free(p), LOOM_ERR_NOMEM;
     if (p->threads_per_rank < 1) p->threads_per_rank = 1;
     loom_comm_t *world = NULL;
     // The forward graph with the training loss (no backward: the local graphs get theirs).
@@ -283,7 +293,9 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
         for (int v = 0; v < p->global->n_values; v++)
             if (p->global->values[v].is_output) logits = v;
         loom_value targets = loom_graph_input(p->global, "targets", LOOM_DTYPE_I32, 2, bt);
-        p->loss = loom_cross_entropy(p->global, logits, targets, -100);
+        loom_value norm = loom_graph_input(p->global, "loss_norm", LOOM_DTYPE_F32, 1,
+                                           (int64_t[]){1});
+        p->loss = loom_mul(p->global, loom_cross_entropy_sum(p->global, logits, targets, -100), norm);
         st = loom_graph_status(p->global);
         if (st < 0) goto fail;
     }
@@ -338,7 +350,7 @@ void loom_parallel_free(loom_parallel_t p) {
         loom__runner_free(rs->runner);
         loom__free_aligned(rs->params);
         loom__local_graph_free(&rs->lg);
-        for (int k = 0; k < 3; k++) loom__free(rs->batch[k]);
+        for (int k = 0; k < LOOM_PARALLEL_INPUTS; k++) loom__free(rs->batch[k]);
         loom_comm_destroy(rs->zero_comm);
         loom_comm_destroy(rs->zero_cross);
         loom_comm_destroy(rs->unit_comm);
@@ -348,28 +360,30 @@ void loom_parallel_free(loom_parallel_t p) {
     loom__free(p->ranks);
     loom__plan_free(&p->plan);
     loom_graph_destroy(p->global);
+    loom__free(p->loss_norm);
     loom__free(p);
 }
 
 // ---- stepping -------------------------------------------------------------------------------------
 
-// The rank's rows: its unit's block of the global batch, then (split inputs) its share of it,
-// for runner `r`.
-static void fill_batch(rank_state *rs, loom_runner *r) {
+// The rank's rows of `micro` micro-batches for runner `r`: its unit's block of the global batch,
+// then, for inputs split by rows, its share of it.
+static void fill_batch(rank_state *rs, loom_runner *r, int micro) {
     loom_parallel_t p = rs->par;
-    const loom_train_config *tc = &p->tc;
-    int64_t T = tc->seq, unit_rows = tc->batch / p->units;
-    int64_t first = rs->unit * unit_rows + (rs->rows < unit_rows ? rs->index * rs->rows : 0);
-    for (int m = 0; m < tc->grad_accum; m++) {
-        size_t src = ((size_t)m * tc->batch + (size_t)first) * (size_t)T;
-        size_t dst = (size_t)m * (size_t)(rs->rows * T), n = (size_t)(rs->rows * T);
-        if (rs->batch[0]) memcpy(rs->batch[0] + dst, p->step_tokens + src, n * sizeof(int32_t));
-        if (rs->batch[1]) memcpy(rs->batch[1] + dst, p->step_targets + src, n * sizeof(int32_t));
-        if (rs->batch[2])
-            for (size_t i = 0; i < n; i++) rs->batch[2][dst + i] = (int32_t)(i % (size_t)T);
+    size_t T = (size_t)p->tc.seq;
+    const int32_t *source[2] = {p->step_tokens, p->step_targets};
+    for (int k = 0; k < LOOM_PARALLEL_INPUTS; k++) {
+        if (rs->inputs[k] < 0) continue;
+        for (int m = 0; m < micro; m++) {
+            size_t n = (size_t)rs->rows[k] * T;
+            size_t src = ((size_t)m * (size_t)p->tc.batch + (size_t)rs->first_row[k]) * T;
+            int32_t *dst = (int32_t *)rs->batch[k] + (size_t)m * n;
+            if (k < 2) memcpy(dst, source[k] + src, n * sizeof(int32_t));
+            else if (k == 2) for (size_t i = 0; i < n; i++) dst[i] = (int32_t)(i % T);
+            else ((float *)rs->batch[k])[m] = p->loss_norm[m];
+        }
+        r->batch_src[rs->inputs[k]] = rs->batch[k];
     }
-    for (int k = 0; k < 3; k++)
-        if (rs->inputs[k] >= 0) r->batch_src[rs->inputs[k]] = rs->batch[k];
 }
 
 // Each unit's loss is complete on its ranks: average rs->loss over the units (data parallel).
@@ -382,7 +396,7 @@ static loom_status average_over_units(rank_state *rs) {
 }
 
 static loom_status rank_step(rank_state *rs) {
-    fill_batch(rs, rs->runner);
+    fill_batch(rs, rs->runner, rs->par->tc.grad_accum);
     LOOM_CHECK(loom__runner_run(rs->runner));
     rs->loss = (float)(rs->runner->loss_sum / rs->par->tc.grad_accum);
     return average_over_units(rs);
@@ -400,17 +414,38 @@ static loom_status rank_eval(rank_state *rs) {
         LOOM_CHECK(loom__runner_create(prog, loom__backend_cpu(), rs->params, &rs->eval_runner));
         rs->eval_runner->kernel.comm = rs->runner->kernel.comm;
     }
-    fill_batch(rs, rs->eval_runner);
+    fill_batch(rs, rs->eval_runner, 1);
     LOOM_CHECK(loom__runner_run(rs->eval_runner));
     rs->loss = *(const float *)rs->eval_runner->ptr[rs->lg.loss];
     return average_over_units(rs);
 }
 
-// The global batch the next rank function reads.
+// Check and take the global batch of `micro` micro-batches the next rank function reads. Bad
+// ids are refused here, before any rank starts (a rank failing mid-step poisons the
+// communicators). The loss normalizer makes every micro-batch's loss the mean over all its kept
+// targets, however unevenly ignored targets fall on the ranks.
 static loom_status set_batch(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
-                             const char *fn) {
+                             int micro, const char *fn) {
     if (!tokens || !targets)
         return loom__error(LOOM_ERR_INVALID, "%s: tokens and targets are required", fn);
+    int64_t V = loom_model_get_config(p->model)->vocab_size;
+    int64_t per_micro = (int64_t)p->tc.batch * p->tc.seq;
+    for (int m = 0; m < micro; m++) {
+        int64_t kept = 0;
+        for (int64_t i = m * per_micro; i < (m + 1) * per_micro; i++) {
+            if (tokens[i] < 0 || tokens[i] >= V)
+                return loom__error(LOOM_ERR_INVALID, "%s: token id %d at position %lld is outside "
+                                   "[0, %lld); the data does not fit this model's vocabulary", fn,
+                                   tokens[i], (long long)i, (long long)V);
+            if (targets[i] == -100) continue;
+            if (targets[i] < 0 || targets[i] >= V)
+                return loom__error(LOOM_ERR_INVALID, "%s: target id %d at position %lld is outside "
+                                   "[0, %lld) and is not the ignore index -100", fn, targets[i],
+                                   (long long)i, (long long)V);
+            kept++;
+        }
+        p->loss_norm[m] = kept ? (float)p->units / (float)kept : 0.0f;
+    }
     p->step_tokens = tokens;
     p->step_targets = targets;
     return LOOM_OK;
@@ -418,7 +453,7 @@ static loom_status set_batch(loom_parallel_t p, const int32_t *tokens, const int
 
 loom_status loom_parallel_eval(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
                                float *loss) {
-    LOOM_CHECK(set_batch(p, tokens, targets, "loom_parallel_eval"));
+    LOOM_CHECK(set_batch(p, tokens, targets, 1, "loom_parallel_eval"));
     LOOM_CHECK(loom__run_ranks(p, rank_eval));
     *loss = p->ranks[0].loss;
     return LOOM_OK;
@@ -426,7 +461,7 @@ loom_status loom_parallel_eval(loom_parallel_t p, const int32_t *tokens, const i
 
 loom_status loom_parallel_step(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
                                loom_step_stats *stats) {
-    LOOM_CHECK(set_batch(p, tokens, targets, "loom_parallel_step"));
+    LOOM_CHECK(set_batch(p, tokens, targets, p->tc.grad_accum, "loom_parallel_step"));
     double t0 = omp_get_wtime();
     LOOM_CHECK(loom__run_ranks(p, rank_step));
     double dt = omp_get_wtime() - t0;

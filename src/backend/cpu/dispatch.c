@@ -196,7 +196,7 @@ static void embedding_rows_backward(float *dweight, const float *dout, const int
 static loom_status cross_entropy_vp_forward(const loom_kernel_ctx *ctx, float *loss, float *lse,
                                             float *rows_loss, const float *logits,
                                             const int32_t *targets, int64_t N, int64_t Vl,
-                                            int64_t first, int32_t ignore) {
+                                            int64_t first, int32_t ignore, int sum_rows) {
     for (int64_t n = 0; n < N; n++) {
         const float *x = logits + n * Vl;
         float m = -INFINITY;
@@ -217,7 +217,8 @@ static loom_status cross_entropy_vp_forward(const loom_kernel_ctx *ctx, float *l
                                     LOOM_REDUCE_SUM));
     int64_t kept = count_kept(targets, N, ignore);
     for (int64_t n = 0; n < N; n++) rows_loss[n] = targets[n] != ignore ? lse[n] - rows_loss[n] : 0;
-    loss[0] = kept ? (float)(sum_f64(rows_loss, N) / (double)kept) : 0.0f;
+    double sum = sum_f64(rows_loss, N);
+    loss[0] = sum_rows ? (float)sum : kept ? (float)(sum / (double)kept) : 0.0f;
     return LOOM_OK;
 }
 
@@ -270,7 +271,7 @@ static loom_status cpu_forward(const loom_graph *g, const loom_node *n, void *co
     case LOOM_OP_EMBEDDING: {
         int64_t N = loom__value_numel(g, in[0]), V = dim(g, in[1], 0), C = dim(g, in[1], 1);
         int64_t full = n->ai[1] ? n->ai[1] : V;  // vocabulary-parallel: this rank holds V rows
-        LOOM_CHECK(check_ids(g, n, IDS(in[0]), N, full, full, "token id"));
+        LOOM_CHECK(check_ids(g, n, IDS(in[0]), N, full, INT32_MIN, "token id"));
         if (n->ai[1]) embedding_rows_forward(F(out[0]), IDS(in[0]), CF(in[1]), N, n->ai[0], V, C);
         else loom_cpu_embedding_forward(F(out[0]), IDS(in[0]), CF(in[1]), N, V, C);
         return LOOM_OK;
@@ -359,13 +360,14 @@ static loom_status cpu_forward(const loom_graph *g, const loom_node *n, void *co
             LOOM_CHECK(check_ids(g, n, IDS(in[1]), N, n->ai[2], ignore, "target id"));
             LOOM_CHECK(need_comm(g, n, ctx, 0));
             return cross_entropy_vp_forward(ctx, F(out[0]), F(out[1]), F(out[2]), CF(in[0]),
-                                            IDS(in[1]), N, V, n->ai[1], ignore);
+                                            IDS(in[1]), N, V, n->ai[1], ignore, (int)n->ai[3]);
         }
         LOOM_CHECK(check_ids(g, n, IDS(in[1]), N, V, ignore, "target id"));
         float *losses = F(out[2]);
         loom_cpu_cross_entropy_forward(losses, F(out[1]), CF(in[0]), IDS(in[1]), N, V, ignore);
         int64_t kept = count_kept(IDS(in[1]), N, ignore);
-        F(out[0])[0] = kept ? (float)(sum_f64(losses, N) / (double)kept) : 0.0f;
+        double sum = sum_f64(losses, N);
+        F(out[0])[0] = n->ai[3] ? (float)sum : kept ? (float)(sum / (double)kept) : 0.0f;
         return LOOM_OK;
     }
     case LOOM_OP_SUM: {
@@ -477,7 +479,7 @@ static loom_status cpu_backward(const loom_graph *g, const loom_node *n, uint32_
         int32_t ignore = (int32_t)f->ai[0];
         int64_t kept = count_kept(IDS(in[1]), N, ignore);
         float dloss = CF(dout[0])[0];
-        float scale = kept ? dloss / (float)kept : 0.0f;
+        float scale = f->ai[3] ? dloss : kept ? dloss / (float)kept : 0.0f;
         if (din[0] >= 0 && f->ai[2])
             cross_entropy_vp_backward(F(din[0]), CF(in[0]), CF(out[1]), IDS(in[1]), N, V,
                                       f->ai[1], ignore, scale, ACC(0));
