@@ -407,6 +407,36 @@ static void test_bad_batch(void) {
     loom_model_free(m);
 }
 
+// SGD without momentum keeps no optimizer state: resuming must still restore the step.
+static void test_sgd_resume(void) {
+    char tmp[] = "/tmp/loom-test-sgd-XXXXXX", dir[600];
+    if (!mkdtemp(tmp)) return;
+    snprintf(dir, sizeof dir, "%s/ckpt", tmp);
+    loom_model_t m = load("gpt2");
+    loom_compute_config cc = loom_compute_config_default();
+    cc.runtime_ndevices = 2;
+    loom_train_config tc = train_config();
+    tc.optimizer = LOOM_OPTIM_SGD;
+    tc.momentum = 0;
+    loom_parallel_t p = NULL;
+    CHECK_OK(loom_parallelize(m, &cc, &tc, &p));
+    for (int s = 0; p && s < 2; s++) CHECK_OK(loom_parallel_step(p, tokens, targets, NULL));
+    if (p) CHECK_OK(loom_parallel_save_sharded(p, dir));
+    loom_parallel_free(p);
+    p = NULL;
+    CHECK_OK(loom_parallelize(m, &cc, &tc, &p));
+    if (p) {
+        CHECK_OK(loom_parallel_load_checkpoint(p, dir));
+        CHECK_MSG(loom_parallel_steps_done(p) == 2, "SGD resume: step %lld",
+                  (long long)loom_parallel_steps_done(p));
+    }
+    loom_parallel_free(p);
+    loom_model_free(m);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
+}
+
 int main(void) {
     uint32_t s = 12345;
     for (int i = 0; i < B * T; i++) {
@@ -416,6 +446,7 @@ int main(void) {
     }
     test_bad_batch();
     test_uneven_batches();
+    test_sgd_resume();
     const char *models[] = {"gpt2", "llama", "qwen2"};
     for (int i = 0; i < 3; i++) {
         reference ref = {0};
@@ -454,6 +485,29 @@ int main(void) {
                                 "  allowed_partition_dims: []\n  replica_allowed: false\n");
     expect_error("gpt2", LOOM_POLICY_TP, 2, 2, LOOM_ERR_INVALID, "h.1.mlp.c_fc");
     loom_constraints_free(g_constraints);
+    // An input the op does not have (conv1d has 3) and a negative dim: never allowed, never
+    // read out of bounds; replication remains.
+    g_constraints = constraints("- name: loom.conv1d\n  allowed_partition_dims:\n  - 200,-1\n");
+    reference ref = {0};
+    single_device("gpt2", &ref);
+    parity("gpt2", &ref, LOOM_POLICY_TP, 2, 2, no_zero);
+    loom_constraints_free(g_constraints);
     g_constraints = NULL;
+    // A plan file with one device per unit has nothing to split: it is not consulted.
+    g_plan_file = "/nonexistent/plan.json";
+    expect_error("gpt2", LOOM_POLICY_FILE, 2, 2, LOOM_ERR_IO, "/nonexistent/plan.json");
+    char path[] = "/tmp/loom-test-plan1-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd >= 0) {
+        const char *json = "{\"ops\": [{\"module\": \"h.0.mlp.c_fc\", \"op\": \"loom.conv1d\", "
+                           "\"split\": [1, 1]}]}";
+        if (write(fd, json, strlen(json)) < 0) perror("write");
+        close(fd);
+        g_plan_file = path;
+        parity("gpt2", &ref, LOOM_POLICY_FILE, 1, 2, no_zero);
+        unlink(path);
+    }
+    g_plan_file = NULL;
+    free_reference(&ref);
     return tu_finish();
 }

@@ -51,7 +51,7 @@ typedef int (*loom_policy_fn)(void *user, const loom_op_view *op, int parts, int
                               int *dim);
 
 const char *loom_policy_name(loom_policy p);
-// "dp", "tp", "data" -> policy; -1 when unknown.
+// "dp", "tp", "data", "custom", "file" -> policy; -1 when unknown.
 int loom_policy_from_name(const char *name);
 
 typedef struct loom_compute_config {
@@ -108,7 +108,8 @@ int loom_parallel_rank(loom_parallel_t p);
 loom_memory_stats loom_parallel_memory(loom_parallel_t p, int rank);
 int loom_parallel_nranks(loom_parallel_t p);
 // The device allocation: a table of modules x ranks (which share of each module's parameters a
-// rank holds) and the bytes of parameters, gradients and optimizer state per rank.
+// rank holds; every rank of a unit holds an equal share) and the bytes of parameters,
+// gradients and optimizer state per rank.
 void loom_parallel_print_allocation(loom_parallel_t p, FILE *f);
 
 #ifdef __cplusplus

@@ -2,21 +2,25 @@
 
 #include "core/core.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
+static int threshold = LOOM_LOG_WARN;
+static pthread_once_t threshold_once = PTHREAD_ONCE_INIT;
+
+// Read LOOM_LOG once (rank threads log concurrently).
+static void read_threshold(void) {
+    const char *env = getenv("LOOM_LOG");
+    if (!env) return;
+    if (!strcmp(env, "debug")) threshold = LOOM_LOG_DEBUG;
+    else if (!strcmp(env, "info")) threshold = LOOM_LOG_INFO;
+    else if (!strcmp(env, "error")) threshold = LOOM_LOG_ERROR;
+}
+
 static int log_threshold(void) {
-    static int threshold = -1;
-    if (threshold < 0) {
-        const char *env = getenv("LOOM_LOG");
-        threshold = LOOM_LOG_WARN;
-        if (env) {
-            if (!strcmp(env, "debug")) threshold = LOOM_LOG_DEBUG;
-            else if (!strcmp(env, "info")) threshold = LOOM_LOG_INFO;
-            else if (!strcmp(env, "error")) threshold = LOOM_LOG_ERROR;
-        }
-    }
+    pthread_once(&threshold_once, read_threshold);
     return threshold;
 }
 

@@ -37,9 +37,10 @@ static int allowed(const loom_plan *plan, const loom_graph *g, const loom_node *
         if (pc->n_allowed < 0) continue;
         int ok = 0;
         for (int a = 0; a < pc->n_allowed && !ok; a++) {
+            if (pc->allowed[a].input != input) continue;  // also skips inputs the op lacks
             int d = pc->allowed[a].dim;
-            if (d < 0) d += g->values[n->in[pc->allowed[a].input]].ndim;
-            ok = pc->allowed[a].input == input && d == dim;
+            if (d < 0) d += g->values[n->in[input]].ndim;
+            ok = d == dim;
         }
         if (!ok) return 0;
     }

@@ -111,8 +111,7 @@ static loom_value get_local(pass *ps, loom_value global, const loom_placement *w
                     "placements is not supported", ps->g->values[global].name);
         return loom__graph_fail(ps->lg, LOOM_ERR_UNSUPPORTED);
     }
-    loom_placement replicated = {LOOM_PLACE_REPLICATE, 0, 1, 1.0f};
-    switch (cur.place.kind) {
+        switch (cur.place.kind) {
     case LOOM_PLACE_PARTIAL:
         v = comm_op(ps, LOOM_OP_ALL_REDUCE, v, NULL, cur.place.scale);
         break;
@@ -122,7 +121,7 @@ static loom_value get_local(pass *ps, loom_value global, const loom_placement *w
     case LOOM_PLACE_REPLICATE: break;
     }
     if (v != LOOM_NONE && cur.place.kind != LOOM_PLACE_REPLICATE)
-        remember(ps, global, &replicated, v);
+        remember(ps, global, &loom__replicated, v);
     if (want->kind == LOOM_PLACE_SHARD && v != LOOM_NONE) {
         v = comm_op(ps, LOOM_OP_SHARD_SLICE, v, want, 1.0f);
         if (v != LOOM_NONE) remember(ps, global, want, v);
@@ -215,12 +214,11 @@ static loom_status lower_node(pass *ps, int idx) {
         return loom_graph_status(ps->lg);
     if (bias_after) {
         loom_value reduced = comm_op(ps, LOOM_OP_ALL_REDUCE, out[0], NULL, out_p[0].scale);
-        loom_placement rp = {LOOM_PLACE_REPLICATE, 0, 1, 1.0f};
-        loom_value bias = get_local(ps, n->in[n->n_in - 1], &rp);
+        loom_value bias = get_local(ps, n->in[n->n_in - 1], &loom__replicated);
         if (reduced == LOOM_NONE || bias == LOOM_NONE) return loom_graph_status(ps->lg);
         out[0] = loom_bias_add(ps->lg, reduced, bias);
         if (out[0] == LOOM_NONE) return loom_graph_status(ps->lg);
-        out_p[0] = rp;
+        out_p[0] = loom__replicated;
     }
     for (int o = 0; o < n->n_out; o++) {
         remember(ps, n->out[o], &out_p[o], out[o]);
@@ -264,8 +262,7 @@ loom_status loom__parallelize(const loom_graph *global, loom_value loss, const l
         if (st == 0) st = loom_graph_status(ps.lg);
     }
     if (st == 0 && loss >= 0) {
-        loom_placement rp = {LOOM_PLACE_REPLICATE, 0, 1, 1.0f};
-        out->loss = get_local(&ps, loss, &rp);
+        out->loss = get_local(&ps, loss, &loom__replicated);
         loom_graph_mark_output(ps.lg, out->loss);
         st = loom_graph_status(ps.lg);
         if (st == 0) st = loom_graph_backward(ps.lg, out->loss);

@@ -24,6 +24,9 @@ typedef struct loom_placement {
     float scale;      // PARTIAL: 1, or 1/parts for a mean of per-rank means
 } loom_placement;
 
+// Replicate: every rank holds all of it.
+static const loom_placement loom__replicated = {LOOM_PLACE_REPLICATE, 0, 1, 1.0f};
+
 // How one op is split: by one identifier of its annotation (or the first '*' dim + `star_dim`).
 // LOOM_SPLIT_FOLLOW: decided while lowering, from how the inputs are already sharded.
 // LOOM_SPLIT_QHEADS (attention only): the query heads split in contiguous blocks that each fall
@@ -31,7 +34,7 @@ typedef struct loom_placement {
 // (grouped-query attention whose kv heads do not divide the degree).
 enum { LOOM_SPLIT_NONE = -1, LOOM_SPLIT_STAR = -2, LOOM_SPLIT_FOLLOW = -3, LOOM_SPLIT_QHEADS = -4 };
 typedef struct loom_strategy {
-    int id;           // annotation identifier index, LOOM_SPLIT_STAR, or LOOM_SPLIT_NONE
+    int id;           // annotation identifier index, or LOOM_SPLIT_NONE / STAR / FOLLOW / QHEADS
     int star_dim;     // LOOM_SPLIT_STAR: which of the dims '*' covers
     int chunks;       // fused chunks the policy sees in that dim (1: none)
 } loom_strategy;
@@ -52,6 +55,9 @@ loom_status loom__strategy_from_dim(const loom_graph *g, const loom_node *n, int
 // The (input, dim) a strategy splits: the first sharded input. 0 when it splits none.
 int loom__strategy_split_dim(const loom_graph *g, const loom_node *n, const loom_strategy *s,
                              int parts, int *input, int *dim);
+// Whether `heads` query heads in `groups` kv groups split into `parts` contiguous blocks each
+// inside one group (LOOM_SPLIT_QHEADS).
+int loom__qheads_splittable(int64_t heads, int64_t groups, int parts);
 // The identifier of `n`'s annotation named `name`, or -1.
 int loom__strategy_find_id(const loom_node *n, const char *name);
 
@@ -79,7 +85,7 @@ loom_status loom__plan_constrain(const loom_plan *plan, const loom_graph *g, con
 // Every constraint names an op of the op table (else an error naming the entry).
 loom_status loom__constraints_check(loom_constraints_t c);
 
-// JSON plan files: {"devices": P, "ops": [{"module": "h.0.attn.c_attn", "op": "loom.conv1d",
+// JSON plan files: {"ops": [{"module": "h.0.attn.c_attn", "op": "loom.conv1d",
 // "split": [input, dim] | "replicate" | "follow"}, ...]}, keyed by module path and op signature
 // (stable across runs). Ops the file does not name follow their inputs.
 typedef struct loom_plan_file loom_plan_file;

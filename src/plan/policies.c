@@ -32,7 +32,7 @@ static loom_status tp_strategy(const loom_graph *g, const loom_node *n, const lo
         int64_t heads = n->ai[0], groups = n->ai[1], per_group = heads / groups;
         if (groups % parts == 0) *s = split_by(n, "g", 1);
         else if (per_group % parts == 0) *s = split_by(n, "r", 1);  // k and v replicated
-        else if (heads % parts == 0 && per_group % (heads / parts) == 0)
+        else if (loom__qheads_splittable(heads, groups, parts))
             *s = (loom_strategy){LOOM_SPLIT_QHEADS, 0, 1};  // one kv head per rank, replicated
         else
             return loom__error(LOOM_ERR_SHAPE,
@@ -154,7 +154,8 @@ loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc
         }
         plan->strategy[i] = s;
     }
-    loom_status st = loom__plan_file_unused(file, cc->plan_file);
+    // With one device per unit there is nothing to split: the file is not consulted.
+    loom_status st = parts > 1 ? loom__plan_file_unused(file, cc->plan_file) : LOOM_OK;
     loom__plan_file_free(file);
     if (st < 0) loom__plan_free(plan);
     return st;

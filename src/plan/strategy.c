@@ -82,15 +82,19 @@ static loom_status place_tensor(const loom_graph *g, const loom_node *n, const b
     return LOOM_OK;
 }
 
+int loom__qheads_splittable(int64_t heads, int64_t groups, int parts) {
+    return heads % parts == 0 && (heads / groups) % (heads / parts) == 0;
+}
+
 loom_status loom__strategy_placements(const loom_graph *g, const loom_node *n,
                                       const loom_strategy *s, int parts, loom_placement *in,
                                       loom_placement *out) {
-    for (int i = 0; i < n->n_in; i++) in[i] = (loom_placement){LOOM_PLACE_REPLICATE, 0, 1, 1.0f};
-    for (int o = 0; o < n->n_out; o++) out[o] = (loom_placement){LOOM_PLACE_REPLICATE, 0, 1, 1.0f};
+    for (int i = 0; i < n->n_in; i++) in[i] = loom__replicated;
+    for (int o = 0; o < n->n_out; o++) out[o] = loom__replicated;
     if (s->id == LOOM_SPLIT_NONE || parts == 1) return LOOM_OK;
     if (s->id == LOOM_SPLIT_QHEADS) {
-        int64_t heads = n->ai[0], groups = n->ai[1], per_group = heads / groups;
-        if (n->op != LOOM_OP_ATTENTION || heads % parts != 0 || per_group % (heads / parts) != 0)
+        int64_t heads = n->ai[0], groups = n->ai[1];
+        if (n->op != LOOM_OP_ATTENTION || !loom__qheads_splittable(heads, groups, parts))
             return loom__error(LOOM_ERR_SHAPE, "%s in module '%s': %lld query heads in %lld kv "
                                "groups do not split into %d blocks inside single groups",
                                loom__op_def(n->op)->signature, module_of(g, n), (long long)heads,
@@ -124,7 +128,7 @@ loom_status loom__strategy_placements(const loom_graph *g, const loom_node *n,
         } else {
             // Vocabulary-parallel: the op reduces max, sum of exponentials and target logits
             // itself; every output is then complete on every rank.
-            for (int o = 0; o < n->n_out; o++) out[o] = (loom_placement){LOOM_PLACE_REPLICATE, 0, 1, 1.0f};
+            for (int o = 0; o < n->n_out; o++) out[o] = loom__replicated;
         }
     }
     return LOOM_OK;

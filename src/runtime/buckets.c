@@ -33,16 +33,16 @@ loom_status loom__runner_enable_buckets(loom_runner *r, size_t bucket_bytes) {
     // Walk the parameters from the end of the flat region (the backward reaches the last layers
     // first), closing a bucket once it holds bucket_bytes; a bucket's range is contiguous.
     size_t region = p->region_bytes[LOOM_REGION_PARAM] / sizeof(float);
-    size_t end = region, bytes = 0;
+    size_t end = region, bytes;
     int ready = -1;
     for (int i = p->n_params - 1; i >= 0; i--) {
         size_t begin = p->offset[p->params[i]] / sizeof(float);
-        bytes += (end - begin) * sizeof(float);
+        bytes = (end - begin) * sizeof(float);
         if (last[i] > ready) ready = last[i];
         if (bytes >= bucket_bytes || i == 0) {
             size_t from = i == 0 ? 0 : begin;
             r->buckets[r->n_buckets++] = (loom_grad_bucket){from, end - from, ready, NULL};
-            end = from, bytes = 0, ready = -1;
+            end = from, ready = -1;
         }
     }
     loom__free(last);

@@ -84,33 +84,19 @@ static void list_free(shard_list *l) {
 static loom_status add_tensor(rank_state *rs, shard_list *l, const loom_local_leaf *leaf,
                               const char *prefix, const float *local) {
     const loom_value_info *gv = &rs->par->global->values[leaf->global];
-    int64_t offset[LOOM_MAX_DIMS] = {0}, shape[LOOM_MAX_DIMS];
-    memcpy(shape, gv->shape, sizeof shape);
-    const loom_placement *pl = &leaf->place;
-    if (pl->kind == LOOM_PLACE_SHARD && pl->chunks == 1) {
-        shape[pl->dim] /= rs->par->parts;
-        offset[pl->dim] = rs->index * shape[pl->dim];
+    int64_t offset[LOOM_MAX_DIMS], shape[LOOM_MAX_DIMS];
+    if (loom__shard_block(rs, leaf, offset, shape))
+        return list_add(l, prefix, gv->name, gv, offset, shape, local, NULL);
+    if (leaf->place.kind != LOOM_PLACE_SHARD) {
+        if (rs->index != 0) return LOOM_OK;
         return list_add(l, prefix, gv->name, gv, offset, shape, local, NULL);
     }
-    if (pl->kind == LOOM_PLACE_SHARD) {
-        int64_t n = loom__value_numel(rs->lg.graph, leaf->local), parts = rs->par->parts;
-        float *staged = loom__malloc((size_t)(n * parts) * sizeof(float));
-        float *full = loom__malloc((size_t)(n * parts) * sizeof(float));
-        loom_status st = staged && full ? LOOM_OK : LOOM_ERR_NOMEM;
-        if (st == 0)
-            st = loom_comm_all_gather(rs->unit_comm, local, staged, (size_t)n, LOOM_DTYPE_F32);
-        if (st == 0 && rs->index == 0) {
-            loom_shard_layout lay = loom__shard_layout(gv->ndim, gv->shape, pl->dim, pl->chunks,
-                                                       (int)parts);
-            for (int r = 0; r < parts; r++) loom__shard_copy(&lay, r, staged + r * n, full, 0, 0);
-            loom__free(staged);
-            return list_add(l, prefix, gv->name, gv, offset, shape, full, full);
-        }
-        loom__free(staged), loom__free(full);
-        return st;
-    }
-    if (rs->index != 0) return LOOM_OK;
-    return list_add(l, prefix, gv->name, gv, offset, shape, local, NULL);
+    float *full = loom__malloc((size_t)loom__value_numel(rs->par->global, leaf->global) * sizeof(float));
+    if (!full) return LOOM_ERR_NOMEM;
+    loom_status st = loom__gather_full(rs, leaf, local, full);
+    if (st == 0 && rs->index == 0) return list_add(l, prefix, gv->name, gv, offset, shape, full, full);
+    loom__free(full);
+    return st;
 }
 
 static loom_status rank_save(rank_state *rs) {
@@ -167,13 +153,9 @@ static loom_status read_tensor(rank_state *rs, loom_checkpoint_t ck, const loom_
                                const char *name, float *local) {
     const loom_value_info *gv = &rs->par->global->values[leaf->global];
     const loom_placement *pl = &leaf->place;
-    int64_t offset[LOOM_MAX_DIMS] = {0}, shape[LOOM_MAX_DIMS];
-    memcpy(shape, gv->shape, sizeof shape);
-    if (pl->kind == LOOM_PLACE_SHARD && pl->chunks == 1) {
-        shape[pl->dim] /= rs->par->parts;
-        offset[pl->dim] = rs->index * shape[pl->dim];
+    int64_t offset[LOOM_MAX_DIMS], shape[LOOM_MAX_DIMS];
+    if (loom__shard_block(rs, leaf, offset, shape))
         return loom_checkpoint_read(ck, name, gv->ndim, offset, shape, local);
-    }
     if (pl->kind != LOOM_PLACE_SHARD) return loom_checkpoint_read(ck, name, gv->ndim, offset, shape, local);
     float *full = loom__malloc((size_t)loom__value_numel(rs->par->global, leaf->global) * sizeof(float));
     if (!full) return LOOM_ERR_NOMEM;
@@ -220,18 +202,23 @@ static loom_status rank_load(rank_state *rs) {
             st = read_tensor(rs, ck, leaf, name, moments[k] + r->prog->offset[leaf->local] / 4);
         }
     }
-    if (st == 0 && have_moments && (moments[0] || moments[1])) {
+    // Moments written by another optimizer (AdamW's m is no SGD momentum) are not loaded.
+    const char *extra = loom_checkpoint_extra_json(ck);
+    const char *mine = p->tc.optimizer == LOOM_OPTIM_ADAMW ? "\"adamw\"" : "\"sgd\"";
+    int same_optimizer = !extra || !strstr(extra, "\"optimizer\"") || strstr(extra, mine);
+    if (st == 0) r->step = loom_checkpoint_step(ck);
+    int needs_state = state[0] || state[1];
+    if (st == 0 && needs_state && have_moments && same_optimizer && (moments[0] || moments[1])) {
         // This rank's share of the flat moments (all of them without ZeRO).
         size_t parts = r->zero_comm ? (size_t)loom_comm_size(r->zero_comm) : 1;
         size_t begin = r->zero_comm ? (size_t)loom_comm_rank(r->zero_comm) * (n / parts) : 0;
         for (int k = 0; k < 2; k++)
             if (state[k] && moments[k])
                 memcpy(state[k], moments[k] + begin, n / parts * sizeof(float));
-        r->step = loom_checkpoint_step(ck);
-    } else if (st == 0) {
-        loom__log(LOOM_LOG_WARN, "%s holds no optimizer state for this optimizer: starting it "
-                  "from zero", p->io_dir);
-        r->step = 0;
+    } else if (st == 0 && needs_state && rs->rank == 0) {
+        loom__log(LOOM_LOG_WARN, "%s holds no optimizer state for this optimizer (%s): its "
+                  "moments start from zero", p->io_dir,
+                  p->tc.optimizer == LOOM_OPTIM_ADAMW ? "adamw" : "sgd");
     }
     loom__free(moments[0]), loom__free(moments[1]);
     loom_checkpoint_close(ck);

@@ -45,6 +45,15 @@ struct loom_parallel {
 
 typedef loom_status (*loom__rank_fn)(rank_state *rs);
 
+// The full tensor of a parameter-shaped value from the unit's shards of it (`local` on each
+// rank): collective over the unit; the unit's first rank receives it in `full`.
+loom_status loom__gather_full(rank_state *rs, const loom_local_leaf *leaf, const float *local,
+                              float *full);
+// The block [offset, offset + shape) of its global tensor a leaf's contiguous shard holds
+// (Shard with no fused chunks); 0 for replicated values and fused shards.
+int loom__shard_block(const rank_state *rs, const loom_local_leaf *leaf, int64_t *offset,
+                      int64_t *shape);
+
 // Run fn on every rank this process holds, concurrently (threads for the local comm); the first
 // rank that failed on its own names the error.
 loom_status loom__run_ranks(loom_parallel_t p, loom__rank_fn fn);

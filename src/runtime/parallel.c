@@ -55,9 +55,10 @@ static void *rank_main(void *arg) {
     if (rs->status < 0) {
         snprintf(rs->error, sizeof rs->error, "%s", loom_last_error());
         // The others must not wait for this rank forever.
-        if (rs->world) loom_comm_abort(rs->world, rs->error);
-        if (rs->unit_comm) loom_comm_abort(rs->unit_comm, rs->error);
-        if (rs->dp_comm) loom_comm_abort(rs->dp_comm, rs->error);
+        loom_comm_t comms[] = {rs->world, rs->unit_comm, rs->dp_comm, rs->zero_comm,
+                               rs->zero_cross};
+        for (size_t k = 0; k < sizeof comms / sizeof comms[0]; k++)
+            if (comms[k]) loom_comm_abort(comms[k], rs->error);
     }
     return NULL;
 }
@@ -85,6 +86,8 @@ loom_status loom__run_ranks(loom_parallel_t p, loom__rank_fn fn) {
         if (pthread_create(&threads[r], NULL, rank_main, &jobs[r]) != 0) break;
         started++;
     }
+    // Ranks that did start must not wait for the missing ones until the timeout.
+    if (started < p->nranks && started > 0) loom_comm_abort(p->ranks[started].world, "not started");
     for (int r = 0; r < started; r++) pthread_join(threads[r], NULL);
     loom__free(threads), loom__free(jobs);
     if (started < p->nranks)
@@ -132,11 +135,41 @@ static void load_params(rank_state *rs) {
 
 // Merge the unit-0 ranks' shards into the model's full tensors (on the process holding rank 0;
 // collective over unit 0).
+loom_status loom__gather_full(rank_state *rs, const loom_local_leaf *leaf, const float *local,
+                              float *full) {
+    const loom_value_info *gv = &rs->par->global->values[leaf->global];
+    int64_t n = loom__value_numel(rs->lg.graph, leaf->local), parts = rs->par->parts;
+    if (leaf->place.kind != LOOM_PLACE_SHARD) {
+        if (rs->index == 0) memcpy(full, local, (size_t)n * sizeof(float));
+        return LOOM_OK;
+    }
+    float *staged = loom__malloc((size_t)(n * parts) * sizeof(float));
+    if (!staged) return LOOM_ERR_NOMEM;
+    loom_status st = loom_comm_all_gather(rs->unit_comm, local, staged, (size_t)n, LOOM_DTYPE_F32);
+    if (st == 0 && rs->index == 0) {
+        loom_shard_layout l = loom__shard_layout(gv->ndim, gv->shape, leaf->place.dim,
+                                                 leaf->place.chunks, (int)parts);
+        for (int r = 0; r < parts; r++) loom__shard_copy(&l, r, staged + r * n, full, 0, 0);
+    }
+    loom__free(staged);
+    return st;
+}
+
+int loom__shard_block(const rank_state *rs, const loom_local_leaf *leaf, int64_t *offset,
+                      int64_t *shape) {
+    const loom_value_info *gv = &rs->par->global->values[leaf->global];
+    memset(offset, 0, LOOM_MAX_DIMS * sizeof(int64_t));
+    memcpy(shape, gv->shape, sizeof gv->shape);
+    const loom_placement *pl = &leaf->place;
+    if (pl->kind != LOOM_PLACE_SHARD || pl->chunks != 1) return 0;
+    shape[pl->dim] /= rs->par->parts;
+    offset[pl->dim] = rs->index * shape[pl->dim];
+    return 1;
+}
+
 static loom_status rank_merge(rank_state *rs) {
     loom_parallel_t p = rs->par;
     if (rs->unit != 0) return LOOM_OK;
-    const loom_graph *lg = rs->lg.graph;
-    float *staged = NULL;
     loom_status st = LOOM_OK;
     for (int i = 0; i < rs->lg.n_leaves && st == 0; i++) {
         const loom_local_leaf *leaf = &rs->lg.leaves[i];
@@ -144,25 +177,8 @@ static loom_status rank_merge(rank_state *rs) {
         if (gv->role != LOOM_ROLE_PARAM) continue;
         float *full = NULL;
         LOOM_ASSERT(loom_model_tensor(p->model, gv->name, &full, NULL) == 0);
-        const float *local = rs->runner->ptr[leaf->local];
-        int64_t n = loom__value_numel(lg, leaf->local);
-        if (leaf->place.kind != LOOM_PLACE_SHARD) {
-            if (rs->index == 0) memcpy(full, local, (size_t)n * sizeof(float));
-            continue;
-        }
-        float *grown = loom__realloc(staged, (size_t)(n * p->parts) * sizeof(float));
-        if (!grown) {
-            st = LOOM_ERR_NOMEM;
-            break;
-        }
-        staged = grown;
-        st = loom_comm_all_gather(rs->unit_comm, local, staged, (size_t)n, LOOM_DTYPE_F32);
-        if (st < 0 || rs->index != 0) continue;
-        loom_shard_layout l = loom__shard_layout(gv->ndim, gv->shape, leaf->place.dim,
-                                                 leaf->place.chunks, p->parts);
-        for (int r = 0; r < p->parts; r++) loom__shard_copy(&l, r, staged + r * n, full, 0, 0);
+        st = loom__gather_full(rs, leaf, rs->runner->ptr[leaf->local], full);
     }
-    loom__free(staged);
     return st;
 }
 
@@ -242,6 +258,7 @@ static loom_status rank_setup(rank_state *rs) {
 loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
                              const loom_train_config *tc, loom_parallel_t *out) {
     *out = NULL;
+    LOOM_CHECK(loom__train_config_validate(tc));
     if (cc->plan_ndevices < 1 || cc->runtime_ndevices < 1 ||
         cc->runtime_ndevices % cc->plan_ndevices != 0)
         return loom__error(LOOM_ERR_INVALID, "runtime_ndevices (%d) must be a multiple of "

@@ -54,6 +54,9 @@ typedef struct loom_runner {
     double instr_seconds[LOOM_INSTR_COUNT];
 } loom_runner;
 
+// Check a training config's ranges (batch, optimizer settings); shared by both trainers.
+struct loom_train_config;
+loom_status loom__train_config_validate(const struct loom_train_config *c);
 // Bind `prog` (ownership passes to the runner) with parameters at `params` (the model's flat
 // storage laid out as the program's PARAM region).
 loom_status loom__runner_create(loom_program *prog, const loom_backend_i *be, float *params,

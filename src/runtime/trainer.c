@@ -38,7 +38,7 @@ loom_train_config loom_train_config_default(void) {
     return c;
 }
 
-static loom_status validate_config(const loom_train_config *c) {
+loom_status loom__train_config_validate(const loom_train_config *c) {
     if (c->batch <= 0 || c->seq <= 0 || c->grad_accum <= 0)
         return loom__error(LOOM_ERR_INVALID, "batch (%d), seq (%d) and grad_accum (%d) must be "
                            "> 0", c->batch, c->seq, c->grad_accum);
@@ -56,7 +56,7 @@ static loom_status validate_config(const loom_train_config *c) {
 loom_status loom_trainer_create(loom_model_t model, const loom_train_config *cfg,
                                 loom_trainer_t *out) {
     *out = NULL;
-    LOOM_CHECK(validate_config(cfg));
+    LOOM_CHECK(loom__train_config_validate(cfg));
     loom_trainer_t t = loom__calloc(1, sizeof *t);
     if (!t) return LOOM_ERR_NOMEM;
     t->model = model;

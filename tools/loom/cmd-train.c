@@ -130,6 +130,7 @@ int cmd_train(int argc, char **argv) {
     }
     if (!resume || mo.dir || mo.family) cli_model_check(&c, &mo);
     if (!data) cli_usage_error(&c, "--data FILE is required");
+    if (prompt && !*prompt) cli_usage_error(&c, "--prompt must not be empty");
     if (!strcmp(optimizer, "adamw")) tc.optimizer = LOOM_OPTIM_ADAMW;
     else if (!strcmp(optimizer, "sgd")) tc.optimizer = LOOM_OPTIM_SGD;
     else cli_usage_error(&c, "--optimizer: '%s' is not adamw or sgd", optimizer);

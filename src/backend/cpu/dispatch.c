@@ -34,7 +34,8 @@ static loom_status check_ids(const loom_graph *g, const loom_node *n, const int3
             return loom__error(LOOM_ERR_INVALID,
                                "%s in module '%s': %s %d at position %lld is outside [0, %lld); "
                                "the data does not fit this model's vocabulary",
-                               loom__op_def(n->op)->signature, g->modules[n->module], what,
+                               loom__op_def(n->op)->signature,
+                               g->modules[n->module][0] ? g->modules[n->module] : "(top)", what,
                                ids[i], (long long)i, (long long)limit);
     }
     return LOOM_OK;
