@@ -86,6 +86,7 @@ static loom_constraints_t g_constraints;
 static loom_policy_fn g_policy_fn;
 static const char *g_plan_file;
 static float g_loss_scale = 1.0f;  // static loss scaling of the parallel run
+static const char *g_recompute;    // recomputation of the parallel run
 
 static void parity(const char *name, const reference *ref, loom_policy policy, int plan,
                    int runtime, zero_opts zero) {
@@ -93,7 +94,7 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
     snprintf(what, sizeof what, "%s %s plan %d runtime %d%s%s%s%s", name, loom_policy_name(policy),
              plan, runtime, !zero.use ? "" : zero.reduce_scatter ? " zero rs" : " zero ar",
              zero.sync_reducer ? " sync reducer" : "", g_constraints ? " constrained" : "",
-             g_loss_scale != 1.0f ? " loss scale" : "");
+             g_loss_scale != 1.0f ? " loss scale" : g_recompute ? " recompute" : "");
     if (zero.use && zero.groups > 1)
         snprintf(what + strlen(what), sizeof what - strlen(what), " %d groups", zero.groups);
     loom_model_t m = load(name);
@@ -112,6 +113,7 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
     cc.plan_file = g_plan_file;
     loom_train_config tc = train_config();
     tc.loss_scale = g_loss_scale;
+    tc.recompute = g_recompute;
     loom_parallel_t p = NULL;
     loom_status st = loom_parallelize(m, &cc, &tc, &p);
     CHECK_MSG(st == 0, "%s: %s", what, loom_last_error());
@@ -457,6 +459,9 @@ int main(void) {
         g_loss_scale = 1024.0f;  // a power of two: scaling is exact, results must not move
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, (zero_opts){1, 1, 1, 0});
         g_loss_scale = 1.0f;
+        g_recompute = "layers";  // recomputed comm ops and all: the same numbers
+        parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, no_zero);
+        g_recompute = NULL;
         parity(models[i], &ref, LOOM_POLICY_DATA, 2, 2, no_zero);
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 2, no_zero);
         parity(models[i], &ref, LOOM_POLICY_TP, 2, 4, no_zero);

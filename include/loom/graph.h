@@ -128,6 +128,11 @@ loom_value loom_slice(loom_graph_t g, loom_value x, int64_t start, int64_t len);
 // (and each activation on the path) has a gradient value: see loom_graph_grad().
 loom_status loom_graph_backward(loom_graph_t g, loom_value loss);
 loom_value loom_graph_grad(loom_graph_t g, loom_value v);  // LOOM_NONE when it has none
+// Recompute the forward of the modules `spec` names (comma-separated module names matched as
+// path suffixes, e.g. "attn" or "h.3"; "layers" = every numbered layer) during the backward
+// instead of keeping their activations: less memory, one more forward, bit-identical results.
+// Call after loom_graph_backward.
+loom_status loom_graph_recompute(loom_graph_t g, const char *spec);
 
 // ---- inspection ---------------------------------------------------------------------------------
 

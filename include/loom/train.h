@@ -36,6 +36,8 @@ typedef struct loom_train_config {
     float grad_clip;            // max global gradient norm; 0 disables clipping
     float loss_scale;           // static loss scaling: the backward starts from loss_scale and
                                 // gradients are unscaled before clipping (default 1)
+    const char *recompute;      // modules whose forward is recomputed in the backward
+                                // (loom_graph_recompute spec, e.g. "layers" or "attn"); NULL
     int threads;                // 0: all cores
     int profile;                // accumulate per-op times (loom_trainer_profile)
 } loom_train_config;

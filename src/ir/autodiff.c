@@ -76,6 +76,7 @@ loom_status loom_graph_backward(loom_graph_t g, loom_value loss) {
         b.op = n.op;
         b.backward = true;
         b.fwd = i;
+        b.recompute_group = -1;
         b.n_in = n.n_out;
         b.n_out = n.n_in;
         memcpy(b.ai, n.ai, sizeof b.ai);

@@ -40,7 +40,8 @@ loom_status loom_graph_dump(loom_graph_t g, FILE *f) {
         const loom_node *n = &g->nodes[i];
         const loom_op_def *def = loom__op_def(n->op);
         const char *module = g->modules[n->module];
-        fprintf(f, "%4d %s%s  @%s  (", i, def->signature, n->backward ? ".backward" : "",
+        fprintf(f, "%4d %s%s  @%s  (", i, def->signature,
+                n->backward ? ".backward" : n->recompute_group >= 0 ? ".recompute" : "",
                 module[0] ? module : "(top)");
         print_values(f, g, n->n_in, n->in);
         fputs(") -> (", f);

@@ -89,6 +89,10 @@ struct loom_node {
     loom_op op;
     bool backward;           // a backward node: computes input grads of node `fwd`
     int32_t fwd;             // forward node of a backward node, -1 otherwise
+    // Recomputation: a clone of a forward node, run again during the backward pass (just before
+    // the first backward node of its group needs it) so the original's saved outputs can die
+    // after the forward. -1 for ordinary nodes.
+    int32_t recompute_group;
     int n_in, n_out;
     // Forward: in = op inputs, out = op outputs.
     // Backward: in = gradients of the forward outputs (-1 where none), out = gradients of the

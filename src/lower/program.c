@@ -25,16 +25,36 @@ static loom_status push_instr(loom_program *p, int *cap, loom_instr_kind kind, i
 }
 
 // The body of one micro-step: forward nodes in order, then backward nodes in order.
+// The body of one micro-step: forward nodes in order, then backward nodes in order; the clones
+// of a recomputed group run (in their forward order) just before the first backward node that
+// reads one of them.
 static loom_status push_body(loom_program *p, int *cap, const loom_graph *g, int micro) {
     LOOM_CHECK(push_instr(p, cap, LOOM_INSTR_LOAD_BATCH, -1, micro));
-    for (int i = 0; i < g->n_nodes; i++)
-        if (!g->nodes[i].backward) LOOM_CHECK(push_instr(p, cap, LOOM_INSTR_FORWARD, i, micro));
+    for (int i = 0; i < g->n_nodes; i++) {
+        const loom_node *n = &g->nodes[i];
+        if (!n->backward && n->recompute_group < 0)
+            LOOM_CHECK(push_instr(p, cap, LOOM_INSTR_FORWARD, i, micro));
+    }
     if (!p->train) return LOOM_OK;
     LOOM_CHECK(push_instr(p, cap, LOOM_INSTR_RECORD_LOSS, -1, micro));
     LOOM_CHECK(push_instr(p, cap, LOOM_INSTR_SEED_GRAD, -1, micro));
-    for (int i = 0; i < g->n_nodes; i++)
-        if (g->nodes[i].backward) LOOM_CHECK(push_instr(p, cap, LOOM_INSTR_BACKWARD, i, micro));
-    return LOOM_OK;
+    char *recomputed = loom__calloc((size_t)g->n_nodes, 1);  // per group id
+    if (!recomputed) return LOOM_ERR_NOMEM;
+    loom_status st = LOOM_OK;
+    for (int i = 0; i < g->n_nodes && st == 0; i++) {
+        const loom_node *n = &g->nodes[i];
+        if (!n->backward) continue;
+        int32_t group = g->nodes[n->fwd].recompute_group;
+        if (group >= 0 && !recomputed[group]) {
+            for (int k = 0; k < g->n_nodes && st == 0; k++)
+                if (!g->nodes[k].backward && g->nodes[k].recompute_group == group)
+                    st = push_instr(p, cap, LOOM_INSTR_FORWARD, k, micro);
+            recomputed[group] = 1;
+        }
+        if (st == 0) st = push_instr(p, cap, LOOM_INSTR_BACKWARD, i, micro);
+    }
+    loom__free(recomputed);
+    return st;
 }
 
 // ---- regions ------------------------------------------------------------------------------------

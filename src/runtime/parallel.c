@@ -187,6 +187,7 @@ static loom_status rank_setup(rank_state *rs) {
     LOOM_CHECK(loom_comm_split(rs->world, rs->unit, rs->index, &rs->unit_comm));
     LOOM_CHECK(loom_comm_split(rs->world, rs->index, rs->unit, &rs->dp_comm));
     LOOM_CHECK(loom__parallelize(p->global, p->loss, &p->plan, rs->index, &rs->lg));
+    if (p->tc.recompute) LOOM_CHECK(loom_graph_recompute(rs->lg.graph, p->tc.recompute));
     loom_lower_options lo = {.train = 1, .micro_batches = p->tc.grad_accum,
                              .dp_sync = p->units > 1};
     loom_program *prog = NULL;

@@ -67,6 +67,10 @@ loom_status loom_trainer_create(loom_model_t model, const loom_train_config *cfg
     loom_status st = loom_model_build_graph(model, LOOM_GRAPH_TRAIN, cfg->batch, cfg->seq, 0,
                                             &t->graph);
     if (st < 0) goto fail;
+    if (cfg->recompute) {
+        st = loom_graph_recompute(t->graph, cfg->recompute);
+        if (st < 0) goto fail;
+    }
     loom_lower_options lo = {.train = 1, .micro_batches = cfg->grad_accum};
     st = loom__lower(t->graph, &lo, &prog);
     if (st < 0) goto fail;

@@ -30,6 +30,9 @@ static void print_help(void) {
            "  --momentum X           SGD momentum (default 0)\n"
            "  --grad-clip X          max global gradient norm, 0 = off (default 1.0)\n"
            "  --threads N            CPU threads (default: all cores; per rank: cores / ranks)\n"
+           "  --recompute LIST       recompute these modules' forward during the backward instead\n"
+           "                         of keeping their activations: module names (path suffixes,\n"
+           "                         e.g. attn,mlp) or 'layers' for every layer\n"
            "parallel:\n"
            "  --devices N            ranks in all (default 1); --batch is the global batch\n"
            "  --plan-devices P       ranks holding one model copy (default: 1 with --policy dp,\n"
@@ -80,7 +83,7 @@ int cmd_train(int argc, char **argv) {
         {"plan-devices", required_argument, 0, 0}, {"policy", required_argument, 0, 0},
         {"comm", required_argument, 0, 0}, {"zero", no_argument, 0, 0},
         {"save-sharded", required_argument, 0, 0}, {"resume", required_argument, 0, 0},
-        {"constraints", required_argument, 0, 0},
+        {"constraints", required_argument, 0, 0}, {"recompute", required_argument, 0, 0},
         {"zero-groups", required_argument, 0, 0}, {"zero-reduce-scatter", required_argument, 0, 0},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     loom_compute_config cc = loom_compute_config_default();
@@ -121,6 +124,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "save-sharded")) save_sharded = arg;
         else if (!strcmp(name, "resume")) resume = arg;
         else if (!strcmp(name, "constraints")) constraints_path = arg;
+        else if (!strcmp(name, "recompute")) tc.recompute = arg;
         else if (!strcmp(name, "zero-groups")) cc.zero_ngroups = cli_int(&c, name, arg, 1, 1 << 16);
         else if (!strcmp(name, "zero-reduce-scatter")) {
             if (strcmp(arg, "on") && strcmp(arg, "off"))
