@@ -101,6 +101,9 @@ loom_status loom_parallel_save_sharded(loom_parallel_t p, const char *dir);
 loom_status loom_parallel_load_checkpoint(loom_parallel_t p, const char *dir);
 // Optimizer steps taken so far (restored by loom_parallel_load_checkpoint).
 int64_t loom_parallel_steps_done(loom_parallel_t p);
+// The timeline of the steps so far (needs tc->trace): one Chrome trace-event JSON file with a
+// track per rank (local comm); under mpi each process writes PATH with "-rank<N>" added.
+loom_status loom_parallel_write_trace(loom_parallel_t p, const char *path);
 // This process's first rank (0 with the local comm).
 int loom_parallel_rank(loom_parallel_t p);
 // Bytes a rank this process holds keeps: parameters, gradients, optimizer state, activations

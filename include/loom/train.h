@@ -40,6 +40,8 @@ typedef struct loom_train_config {
                                 // (loom_graph_recompute spec, e.g. "layers" or "attn"); NULL
     int threads;                // 0: all cores
     int profile;                // accumulate per-op times (loom_trainer_profile)
+    int trace;                  // record a timeline of every instruction (write it with
+                                // loom_trainer_write_trace / loom_parallel_write_trace)
 } loom_train_config;
 
 loom_train_config loom_train_config_default(void);
@@ -77,6 +79,8 @@ typedef struct loom_memory_stats {
 loom_memory_stats loom_trainer_memory(loom_trainer_t t);
 // Per-op time table (needs cfg.profile), sorted by time.
 void loom_trainer_profile(loom_trainer_t t, FILE *f);
+// The timeline of the runs so far (needs cfg.trace) as a Chrome trace-event JSON file.
+loom_status loom_trainer_write_trace(loom_trainer_t t, const char *path);
 // The per-rank program and the graph, as text.
 loom_status loom_trainer_dump(loom_trainer_t t, FILE *f);
 

@@ -212,6 +212,7 @@ static loom_status rank_setup(rank_state *rs) {
     loom_runner *r = rs->runner;
     r->kernel.comm = p->parts > 1 ? rs->unit_comm : NULL;
     r->dp_comm = rs->dp_comm;
+    r->trace = p->tc.trace;
     r->zero_comm = rs->zero_comm;
     r->zero_cross = rs->zero_cross;
     r->zero_reduce_scatter = p->cc.zero_reduce_scatter;
@@ -563,4 +564,19 @@ void loom_parallel_print_allocation(loom_parallel_t p, FILE *f) {
     fprintf(f, "  per rank: parameters %.2f MB, gradients %.2f MB, optimizer state %.2f MB, "
             "activations %.2f MB (planned)\n", m.parameters / 1e6, m.gradients / 1e6,
             m.optimizer / 1e6, m.activations / 1e6);
+}
+
+loom_status loom_parallel_write_trace(loom_parallel_t p, const char *path) {
+    loom_runner **runners = loom__calloc((size_t)p->n_held, sizeof(loom_runner *));
+    int *ranks = loom__calloc((size_t)p->n_held, sizeof(int));
+    loom_status st = LOOM_ERR_NOMEM;
+    if (runners && ranks) {
+        for (int k = 0; k < p->n_held; k++) runners[k] = p->ranks[k].runner, ranks[k] = p->ranks[k].rank;
+        char own[4096];
+        if (p->cc.comm == LOOM_COMM_MPI) snprintf(own, sizeof own, "%s-rank%d", path, ranks[0]);
+        else snprintf(own, sizeof own, "%s", path);
+        st = loom__trace_write(own, runners, ranks, p->n_held);
+    }
+    loom__free(runners), loom__free(ranks);
+    return st;
 }

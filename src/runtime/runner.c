@@ -63,6 +63,7 @@ void loom__runner_free(loom_runner *r) {
     loom__free(r->ptr);
     loom__free(r->batch_src);
     loom__free(r->norm_skip);
+    loom__free(r->events);
     for (int b = 0; b < r->n_buckets; b++)
         if (r->buckets[b].req) loom_comm_wait(r->buckets[b].req);
     loom__free(r->buckets);
@@ -225,6 +226,19 @@ size_t loom__runner_optimizer_floats(const loom_runner *r) {
     return len * (size_t)(adamw + moments);
 }
 
+// Tracing is a diagnostic: its event log grows as needed (the only allocation in a step).
+static loom_status record_event(loom_runner *r, int instr, double start, double end) {
+    if (r->n_events == r->cap_events) {
+        int cap = r->cap_events ? 2 * r->cap_events : 4096;
+        loom_trace_event *e = loom__realloc(r->events, (size_t)cap * sizeof *e);
+        if (!e) return LOOM_ERR_NOMEM;
+        r->events = e;
+        r->cap_events = cap;
+    }
+    r->events[r->n_events++] = (loom_trace_event){instr, start, end};
+    return LOOM_OK;
+}
+
 loom_status loom__runner_run(loom_runner *r) {
     const loom_program *p = r->prog;
     const loom_graph *g = p->graph;
@@ -232,7 +246,7 @@ loom_status loom__runner_run(loom_runner *r) {
     r->dp_wait_seconds = 0;
     for (int i = 0; i < p->n_instr; i++) {
         const loom_instr *in = &p->instr[i];
-        double t0 = r->profile ? omp_get_wtime() : 0;
+        double t0 = r->profile || r->trace ? omp_get_wtime() : 0;
         switch (in->kind) {
         case LOOM_INSTR_ZERO_GRADS:
             memset(r->region[LOOM_REGION_PARAM_GRAD], 0, p->region_bytes[LOOM_REGION_PARAM_GRAD]);
@@ -256,6 +270,7 @@ loom_status loom__runner_run(loom_runner *r) {
             break;
         case LOOM_INSTR_COUNT: LOOM_ASSERT(0);
         }
+        if (r->trace) LOOM_CHECK(record_event(r, i, t0, omp_get_wtime()));
         if (r->profile) {
             double dt = omp_get_wtime() - t0;
             r->instr_seconds[in->kind] += dt;

@@ -20,6 +20,12 @@ typedef struct loom_grad_bucket {
     loom_comm_request_t req;
 } loom_grad_bucket;
 
+// One timed instruction of a traced run.
+typedef struct loom_trace_event {
+    int32_t instr;        // index into the program
+    double start, end;    // seconds (omp_get_wtime)
+} loom_trace_event;
+
 typedef struct loom_runner {
     loom_program *prog;
     const loom_backend_i *be;
@@ -51,6 +57,10 @@ typedef struct loom_runner {
     // Per-op profile (seconds, forward and backward), when profiling.
     int profile;
     double op_seconds[LOOM_OP_COUNT][2];
+    // Timeline (Chrome trace events): every instruction of every run while `trace` is set.
+    int trace;
+    loom_trace_event *events;
+    int n_events, cap_events;
     double instr_seconds[LOOM_INSTR_COUNT];
 } loom_runner;
 
@@ -69,6 +79,10 @@ loom_status loom__runner_set_optimizer(loom_runner *r, const loom_optim_params *
 loom_status loom__runner_enable_buckets(loom_runner *r, size_t bucket_bytes);
 loom_status loom__buckets_start(loom_runner *r, int instr);
 loom_status loom__buckets_finish(loom_runner *r);
+// Write the timelines of `n` runners (rank ranks[i] each) as a Chrome trace-event JSON file
+// (opens in Perfetto): one track per rank, every kernel, collective and idle gap.
+loom_status loom__trace_write(const char *path, loom_runner *const *runners, const int *ranks,
+                              int n);
 // Floats of optimizer state this rank keeps (its ZeRO share).
 size_t loom__runner_optimizer_floats(const loom_runner *r);
 // Run every instruction once: one step (training) or one forward pass.

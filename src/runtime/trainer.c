@@ -80,6 +80,7 @@ loom_status loom_trainer_create(loom_model_t model, const loom_train_config *cfg
     st = loom__runner_create(prog, be, params, &t->runner);
     if (st < 0) goto fail;
     t->runner->profile = cfg->profile;
+    t->runner->trace = cfg->trace;
     loom_optim_params optim = {
         .kind = (int)cfg->optimizer, .lr = cfg->lr, .beta1 = cfg->beta1, .beta2 = cfg->beta2,
         .eps = cfg->eps, .weight_decay = cfg->weight_decay, .momentum = cfg->momentum,
@@ -198,6 +199,11 @@ void loom_trainer_profile(loom_trainer_t t, FILE *f) {
         fprintf(f, "%-28s %10.4f %6.1f%%\n", loom__instr_name((loom_instr_kind)k),
                 r->instr_seconds[k], 100 * r->instr_seconds[k] / total);
     }
+}
+
+loom_status loom_trainer_write_trace(loom_trainer_t t, const char *path) {
+    int rank = 0;
+    return loom__trace_write(path, &t->runner, &rank, 1);
 }
 
 loom_status loom_trainer_dump(loom_trainer_t t, FILE *f) {

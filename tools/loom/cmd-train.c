@@ -59,7 +59,9 @@ static void print_help(void) {
            "                         grad_norm, tokens_per_s, ms)\n"
            "  --sample N             generate N tokens at the end (default 0)\n"
            "  --prompt TEXT          prompt for --sample (default: the data's first bytes)\n"
-           "  --profile              print time per op at the end\n");
+           "  --profile              print time per op at the end\n"
+           "  --trace FILE.json      write a timeline of every kernel and collective per rank\n"
+           "                         (Chrome trace events; open it in Perfetto)\n");
 }
 
 int cmd_train(int argc, char **argv) {
@@ -84,12 +86,13 @@ int cmd_train(int argc, char **argv) {
         {"comm", required_argument, 0, 0}, {"zero", no_argument, 0, 0},
         {"save-sharded", required_argument, 0, 0}, {"resume", required_argument, 0, 0},
         {"constraints", required_argument, 0, 0}, {"recompute", required_argument, 0, 0},
+        {"trace", required_argument, 0, 0},
         {"zero-groups", required_argument, 0, 0}, {"zero-reduce-scatter", required_argument, 0, 0},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     loom_compute_config cc = loom_compute_config_default();
     int plan_devices = 0;
     const char *policy = "dp", *comm = NULL, *save_sharded = NULL, *resume = NULL;
-    const char *constraints_path = NULL;
+    const char *constraints_path = NULL, *trace_path = NULL;
     const char *name, *arg;
     while ((name = cli_next_option(&c, argc, argv, opts, &arg))) {
         if (!strcmp(name, "help")) {
@@ -125,6 +128,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "resume")) resume = arg;
         else if (!strcmp(name, "constraints")) constraints_path = arg;
         else if (!strcmp(name, "recompute")) tc.recompute = arg;
+        else if (!strcmp(name, "trace")) trace_path = arg, tc.trace = 1;
         else if (!strcmp(name, "zero-groups")) cc.zero_ngroups = cli_int(&c, name, arg, 1, 1 << 16);
         else if (!strcmp(name, "zero-reduce-scatter")) {
             if (strcmp(arg, "on") && strcmp(arg, "off"))
@@ -268,6 +272,14 @@ int cmd_train(int argc, char **argv) {
         fprintf(info, "trained %d steps in %.1f s (%.0f tokens/s)\n", steps, elapsed,
                 (double)steps * (double)per_step / elapsed);
     if (profile && trainer) loom_trainer_profile(trainer, stderr);
+    if (trace_path) {
+        if ((par ? loom_parallel_write_trace(par, trace_path)
+                 : loom_trainer_write_trace(trainer, trace_path)) < 0) {
+            rc = cli_fail("train", "writing the trace");
+            goto done;
+        }
+        fprintf(info, "wrote the timeline to %s (open it in Perfetto)\n", trace_path);
+    }
     if (save_sharded) {
         if (loom_parallel_save_sharded(par, save_sharded) < 0) {
             rc = cli_fail("train", "saving the sharded checkpoint");
