@@ -160,18 +160,10 @@ static loom_status write_index(const char *dir, int world, int64_t step,
     for (int r = 0; shards && r < world; r++) json_array_append_new(shards, json_string(names[r]));
     json_t *root = json_pack("{s:s, s:i, s:I, s:o}", "format", LOOM_CKPT_FORMAT, "world", world,
                              "step", (json_int_t)step, "shards", shards);
-    char *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     char *path = loom__path_join(dir, LOOM_CKPT_INDEX_NAME);
+    loom_status st = path && root ? loom__write_json_atomic(path, root, JSON_INDENT(2) | JSON_PRESERVE_ORDER)
+                                  : loom__error(LOOM_ERR_NOMEM, "committing checkpoint '%s': out of memory", dir);
     json_decref(root);
-    loom_status st;
-    if (!text || !path) {
-        st = loom__error(LOOM_ERR_NOMEM, "committing checkpoint '%s': out of memory", dir);
-    } else {
-        size_t len = strlen(text);
-        text[len] = '\n';  // replaces the terminator; the length is passed explicitly
-        st = loom__write_file_atomic(path, text, len + 1);
-    }
-    free(text);
     loom__free(path);
     return st;
 }

@@ -5,6 +5,7 @@
 #include "core/core.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -195,5 +196,15 @@ loom_status loom__remove_stale(const char *dir, const char *name) {
     if (unlink(p) != 0 && errno != ENOENT)
         st = loom__error(LOOM_ERR_IO, "cannot remove stale '%s': %s", p, strerror(errno));
     loom__free(p);
+    return st;
+}
+
+loom_status loom__write_json_atomic(const char *path, const json_t *root, size_t flags) {
+    char *text = root ? json_dumps(root, flags) : NULL;
+    if (!text) return loom__error(LOOM_ERR_NOMEM, "writing '%s': cannot serialize the JSON", path);
+    size_t len = strlen(text);
+    text[len] = '\n';  // replaces the terminator; the length is passed explicitly
+    loom_status st = loom__write_file_atomic(path, text, len + 1);
+    free(text);
     return st;
 }

@@ -42,6 +42,9 @@ loom_status loom__write_file_atomic(const char *path, const void *data, size_t n
 
 // "dir/name" in a new loom__malloc'd string (NULL with LOOM_ERR_NOMEM recorded).
 char *loom__path_join(const char *dir, const char *name);
+// Write a JSON document (jansson dump flags) to path atomically, with a final newline.
+struct json_t;
+loom_status loom__write_json_atomic(const char *path, const struct json_t *root, size_t flags);
 // Remove dir/name if it exists (a stale file); LOOM_ERR_IO naming it when it cannot be removed.
 loom_status loom__remove_stale(const char *dir, const char *name);
 // The directory part of `path` ("." when it has none), loom__malloc'd.

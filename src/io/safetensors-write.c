@@ -168,17 +168,8 @@ static loom_status write_index(const char *dir, json_t *weight_map, uint64_t tot
     if (!path) return LOOM_ERR_NOMEM;
     json_t *root = json_pack("{s:{s:I}, s:O}", "metadata", "total_size", (json_int_t)total,
                              "weight_map", weight_map);
-    char *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    loom_status st = loom__write_json_atomic(path, root, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(root);
-    loom_status st;
-    if (!text) {
-        st = loom__error(LOOM_ERR_NOMEM, "writing '%s': cannot serialize the index", path);
-    } else {
-        size_t len = strlen(text);
-        text[len] = '\n';  // replaces the terminator; the length is passed explicitly
-        st = loom__write_file_atomic(path, text, len + 1);
-        free(text);
-    }
     loom__free(path);
     return st;
 }
