@@ -49,6 +49,8 @@ static void print_help(void) {
            "                         any plan (parameters, optimizer state, step)\n"
            "  --constraints FILE     partition constraints (nnScaler YAML: name, parent_module,\n"
            "                         allowed_partition_dims, replica_allowed) for any policy\n"
+           "  --comm-timeout S       a rank that stops answering fails the others after S seconds\n"
+           "                         (default 60)\n"
            "  --zero                 ZeRO-1: shard the optimizer state over the copies\n"
            "  --zero-groups K        K ZeRO groups, each holding one copy of the state (default 1)\n"
            "  --zero-reduce-scatter on|off  reduce-scatter gradients in a group (default on)\n"
@@ -86,7 +88,7 @@ int cmd_train(int argc, char **argv) {
         {"comm", required_argument, 0, 0}, {"zero", no_argument, 0, 0},
         {"save-sharded", required_argument, 0, 0}, {"resume", required_argument, 0, 0},
         {"constraints", required_argument, 0, 0}, {"recompute", required_argument, 0, 0},
-        {"trace", required_argument, 0, 0},
+        {"trace", required_argument, 0, 0}, {"comm-timeout", required_argument, 0, 0},
         {"zero-groups", required_argument, 0, 0}, {"zero-reduce-scatter", required_argument, 0, 0},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     loom_compute_config cc = loom_compute_config_default();
@@ -129,6 +131,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "constraints")) constraints_path = arg;
         else if (!strcmp(name, "recompute")) tc.recompute = arg;
         else if (!strcmp(name, "trace")) trace_path = arg, tc.trace = 1;
+        else if (!strcmp(name, "comm-timeout")) cc.timeout_s = cli_float(&c, name, arg, 0.001, 1e6);
         else if (!strcmp(name, "zero-groups")) cc.zero_ngroups = cli_int(&c, name, arg, 1, 1 << 16);
         else if (!strcmp(name, "zero-reduce-scatter")) {
             if (strcmp(arg, "on") && strcmp(arg, "off"))
