@@ -18,24 +18,9 @@
 #include <string.h>
 #include <time.h>
 
-// ---- thread-safe checks (testutil's counters are plain ints) ------------------------------------
+// ---- checks from rank threads (testutil's checks are thread-safe) ------------------------------
 
-static pthread_mutex_t check_mu = PTHREAD_MUTEX_INITIALIZER;
-
-#define RCHECK(cond, ...)                                                          \
-    do {                                                                           \
-        int rc_ok_ = (cond);                                                       \
-        pthread_mutex_lock(&check_mu);                                             \
-        if (rc_ok_) {                                                              \
-            tu_passed++;                                                           \
-        } else {                                                                   \
-            tu_failed++;                                                           \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);        \
-            fprintf(stderr, __VA_ARGS__);                                          \
-            fputc('\n', stderr);                                                   \
-        }                                                                          \
-        pthread_mutex_unlock(&check_mu);                                           \
-    } while (0)
+#define RCHECK CHECK_MSG
 
 #define RCHECK_OK(expr, rank)                                                      \
     do {                                                                           \

@@ -5,6 +5,7 @@
 // MPI is absent.
 
 #include "loom/parallel.h"
+#include "oracle-model.h"
 #include "testutil.h"
 
 #include <stdlib.h>
@@ -36,20 +37,12 @@ static loom_train_config train_config(void) {
     return tc;
 }
 
-static loom_model_t load(const char *name) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/oracle/%s", LOOM_TEST_DATA, name);
-    loom_model_t m = NULL;
-    CHECK_OK(loom_model_load(dir, &m));
-    return m;
-}
-
 #ifdef HAVE_MPI_H
 static int rank;
 
 static void parity(const char *name, const float *ref_losses, loom_model_t ref_model,
                    loom_policy policy, int plan, int zero_groups) {
-    loom_model_t m = load(name);
+    loom_model_t m = load_oracle(name);
     loom_compute_config cc = loom_compute_config_default();
     cc.comm = LOOM_COMM_MPI;
     cc.policy = policy;
@@ -96,7 +89,7 @@ static int run_under_mpi(void) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     const char *models[] = {"gpt2", "llama"};
     for (int i = 0; i < 2; i++) {
-        loom_model_t ref = load(models[i]);
+        loom_model_t ref = load_oracle(models[i]);
         loom_train_config tc = train_config();
         loom_trainer_t t;
         float losses[STEPS];

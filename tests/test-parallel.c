@@ -6,6 +6,7 @@
 #include "loom/checkpoint.h"
 #include "loom/parallel.h"
 #include "models/family.h"
+#include "oracle-model.h"
 #include "testutil.h"
 
 #include <unistd.h>
@@ -43,16 +44,8 @@ static loom_train_config train_config(void) {
     return tc;
 }
 
-static loom_model_t load(const char *name) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/oracle/%s", LOOM_TEST_DATA, name);
-    loom_model_t m = NULL;
-    CHECK_OK(loom_model_load(dir, &m));
-    return m;
-}
-
 static void single_device(const char *name, reference *ref) {
-    loom_model_t m = load(name);
+    loom_model_t m = load_oracle(name);
     loom_train_config tc = train_config();
     loom_trainer_t t;
     CHECK_OK(loom_trainer_create(m, &tc, &t));
@@ -97,7 +90,7 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
              g_loss_scale != 1.0f ? " loss scale" : g_recompute ? " recompute" : "");
     if (zero.use && zero.groups > 1)
         snprintf(what + strlen(what), sizeof what - strlen(what), " %d groups", zero.groups);
-    loom_model_t m = load(name);
+    loom_model_t m = load_oracle(name);
     loom_compute_config cc = loom_compute_config_default();
     cc.policy = policy;
     cc.plan_ndevices = plan;
@@ -242,7 +235,7 @@ static void test_custom_policies(const char *name, const reference *ref, int n_l
 
 static void expect_error(const char *name, loom_policy policy, int plan, int runtime,
                          loom_status want, const char *needle) {
-    loom_model_t m = load(name);
+    loom_model_t m = load_oracle(name);
     loom_compute_config cc = loom_compute_config_default();
     cc.policy = policy;
     cc.plan_ndevices = plan;
@@ -284,7 +277,7 @@ static void test_checkpoint_round_trip(const char *name, const reference *ref) {
     if (!mkdtemp(tmp)) return;
     snprintf(shards, sizeof shards, "%s/shards", tmp);
     snprintf(merged, sizeof merged, "%s/merged", tmp);
-    loom_model_t m = load(name);
+    loom_model_t m = load_oracle(name);
     loom_parallel_t p = start(m, LOOM_POLICY_TP, 2, 4, 1);
     for (int s = 0; p && s < 2; s++) CHECK_OK(loom_parallel_step(p, tokens, targets, NULL));
     if (p) CHECK_OK(loom_parallel_save_sharded(p, shards));
@@ -300,7 +293,7 @@ static void test_checkpoint_round_trip(const char *name, const reference *ref) {
         {shards, LOOM_POLICY_DP, 1, 4},
     };
     for (int k = 0; k < 3; k++) {
-        m = load(name);
+        m = load_oracle(name);
         p = start(m, resume[k].policy, resume[k].plan, resume[k].runtime, 0);
         if (!p) continue;
         CHECK_OK(loom_parallel_load_checkpoint(p, resume[k].from));
@@ -338,7 +331,7 @@ static void test_checkpoint_round_trip(const char *name, const reference *ref) {
         fputc(c ^ 0x5a, f);
         fclose(f);
     }
-    m = load(name);
+    m = load_oracle(name);
     p = start(m, LOOM_POLICY_DP, 1, 1, 0);
     loom_status st = p ? loom_parallel_load_checkpoint(p, shards) : LOOM_ERR_INTERNAL;
     CHECK_MSG(st == LOOM_ERR_FORMAT && strstr(loom_last_error(), "shard-00000-of-00002") &&
@@ -382,7 +375,7 @@ static void test_uneven_batches(void) {
 // Bad data in one unit's rows is refused before any rank starts, naming it; the trainer stays
 // usable (a rank failing mid-step would poison the communicators: see test-comm-*).
 static void test_bad_batch(void) {
-    loom_model_t m = load("gpt2");
+    loom_model_t m = load_oracle("gpt2");
     loom_parallel_t p = start(m, LOOM_POLICY_TP, 2, 4, 0);
     int32_t bad[B * T];
     memcpy(bad, targets, sizeof bad);
@@ -414,7 +407,7 @@ static void test_sgd_resume(void) {
     char tmp[] = "/tmp/loom-test-sgd-XXXXXX", dir[600];
     if (!mkdtemp(tmp)) return;
     snprintf(dir, sizeof dir, "%s/ckpt", tmp);
-    loom_model_t m = load("gpt2");
+    loom_model_t m = load_oracle("gpt2");
     loom_compute_config cc = loom_compute_config_default();
     cc.runtime_ndevices = 2;
     loom_train_config tc = train_config();

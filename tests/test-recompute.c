@@ -3,6 +3,7 @@
 // a spec naming no module is refused.
 
 #include "loom/train.h"
+#include "oracle-model.h"
 #include "testutil.h"
 
 #include <stdlib.h>
@@ -20,17 +21,9 @@ typedef struct run {
     float **grads, **params;
 } run;
 
-static loom_model_t load(const char *name) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/oracle/%s", LOOM_TEST_DATA, name);
-    loom_model_t m = NULL;
-    CHECK_OK(loom_model_load(dir, &m));
-    return m;
-}
-
 // Gradients of one batch, then parameters after two AdamW steps.
 static void train(const char *name, const char *recompute, run *out) {
-    loom_model_t m = load(name);
+    loom_model_t m = load_oracle(name);
     loom_train_config tc = loom_train_config_default();
     tc.batch = B;
     tc.seq = T;
@@ -72,7 +65,7 @@ static void run_free(run *r) {
 }
 
 static void compare(const char *name, const char *spec, const run *ref, const run *got) {
-    loom_model_t m = load(name);
+    loom_model_t m = load_oracle(name);
     CHECK_MSG(memcmp(&ref->loss, &got->loss, sizeof(float)) == 0, "%s recompute %s: loss %.9g vs "
               "%.9g", name, spec, got->loss, ref->loss);
     int same_grads = got->n == ref->n, same_params = got->n == ref->n;
@@ -111,7 +104,7 @@ int main(void) {
         }
         run_free(&ref);
     }
-    loom_model_t m = load("gpt2");
+    loom_model_t m = load_oracle("gpt2");
     loom_train_config tc = loom_train_config_default();
     tc.batch = B;
     tc.seq = T;

@@ -5,24 +5,21 @@
 #define LOOM_TESTUTIL_H
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
+// Counters shared by every thread of a test (rank threads check too).
 static int tu_passed, tu_failed;
+static pthread_mutex_t tu_mutex = PTHREAD_MUTEX_INITIALIZER;
 
-#define CHECK(cond)                                                                \
-    do {                                                                           \
-        if (cond) {                                                                \
-            tu_passed++;                                                           \
-        } else {                                                                   \
-            tu_failed++;                                                           \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);        \
-        }                                                                          \
-    } while (0)
+#define CHECK(cond) CHECK_MSG(cond, "check failed")
 
 #define CHECK_MSG(cond, ...)                                                       \
     do {                                                                           \
-        if (cond) {                                                                \
+        int tu_ok_ = !!(cond);                                                     \
+        pthread_mutex_lock(&tu_mutex);                                             \
+        if (tu_ok_) {                                                              \
             tu_passed++;                                                           \
         } else {                                                                   \
             tu_failed++;                                                           \
@@ -30,6 +27,7 @@ static int tu_passed, tu_failed;
             fprintf(stderr, __VA_ARGS__);                                          \
             fputc('\n', stderr);                                                   \
         }                                                                          \
+        pthread_mutex_unlock(&tu_mutex);                                           \
     } while (0)
 
 // Status check: `st` must be 0; prints loom_last_error() otherwise.
