@@ -31,8 +31,25 @@ typedef enum loom_policy {
     LOOM_POLICY_DATA,    // every op split on its batch dim inside a unit
     LOOM_POLICY_CUSTOM,  // policy_fn decides per op (the others follow their inputs)
     LOOM_POLICY_FILE,    // a JSON plan file decides per op (plan_file)
+    LOOM_POLICY_PP,      // pipeline stages, each on one device (plan_ndevices = pipeline_nstages)
+    LOOM_POLICY_HYBRID,  // pipeline stages, each tensor parallel (the family's table) on
+                         // plan_ndevices / pipeline_nstages devices; units data parallel
     LOOM_POLICY_COUNT
 } loom_policy;
+
+// Pipeline schedules: the order in which a pipeline rank runs the forward and backward passes
+// of its micro-batches.
+typedef enum loom_schedule {
+    LOOM_SCHEDULE_1F1B = 0,          // warm-up forwards, then one forward / one backward
+    LOOM_SCHEDULE_GPIPE,             // every forward, then every backward
+    LOOM_SCHEDULE_1F1B_INTERLEAVED,  // 1F1B over pipeline_nchunks model chunks per rank
+    LOOM_SCHEDULE_INFER_PIPE,        // forwards only (inference)
+    LOOM_SCHEDULE_COUNT
+} loom_schedule;
+
+const char *loom_schedule_name(loom_schedule s);
+// "1f1b", "gpipe", "1f1b_interleaved", "infer_pipe" -> schedule; -1 when unknown.
+int loom_schedule_from_name(const char *name);
 
 // What a custom policy sees of an op.
 typedef struct loom_op_view {
@@ -69,6 +86,16 @@ typedef struct loom_compute_config {
     const char *plan_file;           // LOOM_POLICY_FILE: JSON, see docs/parallel.md
     loom_comm_kind comm;    // LOOM_COMM_LOCAL: ranks are threads of this process
     double timeout_s;       // a rank that stops answering fails the others after this
+    // Pipeline parallelism (policies pp and hybrid; the other policies split each stage):
+    // a unit's plan_ndevices devices are pipeline_nstages ranks x the devices of one stage.
+    int pipeline_nstages;         // pipeline ranks per unit (1: no pipeline)
+    int pipeline_nmicros;         // micro-batches each batch is split into (1)
+    loom_schedule pipeline_scheduler;
+    int pipeline_nchunks;         // model chunks per pipeline rank (virtual stages); 0: 2 for
+                                  // 1f1b_interleaved, else 1
+    const char *pipeline_pivots;  // module names where a stage may start ("h.4,h.8", "layers")
+    const char *pipeline_layers;  // layers per stage, "0,-1,-1,0": -1 shares the rest evenly; 0
+                                  // leaves a stage only the embeddings (first) or head (last)
 } loom_compute_config;
 
 loom_compute_config loom_compute_config_default(void);

@@ -16,7 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const policy_names[] = {"dp", "tp", "data", "custom", "file"};
+static const char *const policy_names[] = {"dp", "tp", "data", "custom", "file", "pp",
+                                             "hybrid"};
 
 const char *loom_policy_name(loom_policy p) {
     return (unsigned)p < LOOM_POLICY_COUNT ? policy_names[p] : "?";
@@ -33,7 +34,8 @@ loom_compute_config loom_compute_config_default(void) {
                                  .policy = LOOM_POLICY_DP, .zero_ngroups = 1,
                                  .zero_reduce_scatter = 1, .async_reducer = 1,
                                  .bucket_bytes = 25u << 20, .comm = LOOM_COMM_LOCAL,
-                                 .timeout_s = 60.0};
+                                 .timeout_s = 60.0, .pipeline_nstages = 1,
+                                 .pipeline_nmicros = 1};
 }
 
 int loom_parallel_nranks(loom_parallel_t p) { return p->nranks; }
