@@ -761,7 +761,8 @@ static void compute_liveness(const loom_program *p, live *l) {
     }
 }
 
-// The schedule: [zero] (load, forward..., [record, seed, backward...]) x micro [clip, step].
+// The schedule: [zero] (load, forward..., [record], [seed, backward...]) x micro [clip, step];
+// the loss is recorded whenever the graph has one (forward-only programs too).
 static void check_schedule(const char *what, const loom_program *p) {
     const loom_graph *g = p->graph;
     int n_fwd = 0, n_bwd = 0;
@@ -769,7 +770,9 @@ static void check_schedule(const char *what, const loom_program *p) {
         if (g->nodes[i].backward) n_bwd++;
         else n_fwd++;
     }
-    int want = p->micro_batches * (1 + n_fwd + (p->train ? 2 + n_bwd : 0)) + (p->train ? 3 : 0);
+    int record = p->loss >= 0;
+    int want = p->micro_batches * (1 + n_fwd + record + (p->train ? 1 + n_bwd : 0)) +
+               (p->train ? 3 : 0);
     CHECK_MSG(p->n_instr == want, "%s: %d instructions, expected %d", what, p->n_instr, want);
     int i = 0;
     if (p->train) CHECK(p->instr[i++].kind == LOOM_INSTR_ZERO_GRADS);
@@ -782,8 +785,8 @@ static void check_schedule(const char *what, const loom_program *p) {
             CHECK(p->instr[i].node > prev && !g->nodes[p->instr[i].node].backward);
             prev = p->instr[i].node;
         }
+        if (record) CHECK(p->instr[i++].kind == LOOM_INSTR_RECORD_LOSS);
         if (!p->train) continue;
-        CHECK(p->instr[i++].kind == LOOM_INSTR_RECORD_LOSS);
         CHECK(p->instr[i++].kind == LOOM_INSTR_SEED_GRAD);
         for (int k = 0; k < n_bwd && i < p->n_instr; k++, i++)
             CHECK(p->instr[i].kind == LOOM_INSTR_BACKWARD &&

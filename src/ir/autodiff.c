@@ -28,18 +28,25 @@ static loom_value make_grad(loom_graph *g, loom_value v) {
 
 loom_status loom_graph_backward(loom_graph_t g, loom_value loss) {
     if (g->status) return g->status;
-    if (g->has_backward)
-        return loom__error(LOOM_ERR_INVALID, "loom_graph_backward: the graph already has a "
-                                             "backward pass");
     if (loss < 0 || loss >= g->n_values || loom__value_numel(g, loss) != 1 ||
         g->values[loss].dtype != LOOM_DTYPE_F32)
         return loom__error(LOOM_ERR_INVALID, "loom_graph_backward: the loss must be a scalar fp32 "
                                              "value of the graph");
+    return loom__graph_backward_seeded(g, loss, 0, NULL);
+}
+
+loom_status loom__graph_backward_seeded(loom_graph_t g, loom_value loss, int n_seeds,
+                                        const loom_value *seeds) {
+    if (g->status) return g->status;
+    if (g->has_backward)
+        return loom__error(LOOM_ERR_INVALID, "loom_graph_backward: the graph already has a "
+                                             "backward pass");
     int n_fwd = g->n_nodes;
     bool *requires = loom__calloc((size_t)g->n_values, sizeof(bool));
     if (!requires) return LOOM_ERR_NOMEM;
-    // Forward pass: which values depend on a parameter.
-    for (int v = 0; v < g->n_values; v++) requires[v] = g->values[v].role == LOOM_ROLE_PARAM;
+    // Forward pass: which values depend on a parameter (or on an input that wants a gradient).
+    for (int v = 0; v < g->n_values; v++)
+        requires[v] = g->values[v].role == LOOM_ROLE_PARAM || g->values[v].requires_grad;
     for (int i = 0; i < n_fwd; i++) {
         const loom_node *n = &g->nodes[i];
         bool any = false;
@@ -48,13 +55,21 @@ loom_status loom_graph_backward(loom_graph_t g, loom_value loss) {
         for (int o = 0; o < n->n_out; o++) requires[n->out[o]] = any;
     }
     loom_status st = LOOM_OK;
-    if (!requires[loss]) {
+    if (loss >= 0 && !requires[loss] && n_seeds == 0) {
         st = loom__error(LOOM_ERR_INVALID, "loom_graph_backward: the loss does not depend on any "
                                            "parameter");
         goto done;
     }
     g->loss = loss;
-    if (make_grad(g, loss) == LOOM_NONE) goto fail;
+    if (loss >= 0 && make_grad(g, loss) == LOOM_NONE) goto fail;
+    for (int k = 0; k < n_seeds; k++) {
+        if (!requires[seeds[k]]) {
+            st = loom__error(LOOM_ERR_INTERNAL, "autodiff: seed '%s' depends on no parameter",
+                             g->values[seeds[k]].name);
+            goto done;
+        }
+        if (make_grad(g, seeds[k]) == LOOM_NONE) goto fail;
+    }
     for (int i = n_fwd - 1; i >= 0; i--) {
         loom_node n = g->nodes[i];  // copy: pushing nodes may move the array
         const loom_op_def *def = loom__op_def(n.op);
@@ -82,6 +97,7 @@ loom_status loom_graph_backward(loom_graph_t g, loom_value loss) {
         memcpy(b.ai, n.ai, sizeof b.ai);
         memcpy(b.af, n.af, sizeof b.af);
         b.module = n.module;
+        b.stage = n.stage;
         for (int o = 0; o < n.n_out; o++) b.in[o] = g->values[n.out[o]].grad;
         for (int k = 0; k < n.n_in; k++) {
             b.out[k] = -1;

@@ -248,6 +248,7 @@ int loom__graph_add_node(loom_graph *g, loom_op op, int n_in, const loom_value *
     n.op = op;
     n.fwd = -1;
     n.recompute_group = -1;
+    n.stage = g->current_stage;
     n.n_in = n_in;
     memcpy(n.in, in, (size_t)n_in * sizeof(int32_t));
     if (ai) memcpy(n.ai, ai, sizeof n.ai);

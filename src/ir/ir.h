@@ -83,6 +83,7 @@ typedef struct loom_value_info {
     int32_t grad;            // value holding d(loss)/d(this value), -1
     int32_t grad_of;         // for gradients: the value it is the gradient of, -1
     bool is_output;          // kept alive after a run
+    bool requires_grad;      // an input whose gradient is wanted (a pipeline stage's boundary)
 } loom_value_info;
 
 struct loom_node {
@@ -102,6 +103,7 @@ struct loom_node {
     int64_t ai[4];           // integer attributes (per op, see ops.c)
     float af[4];             // float attributes
     int32_t module;          // index into the graph's module path table
+    int32_t stage;           // pipeline (virtual) stage it runs in; 0 without pipelines
 };
 
 struct loom_graph {
@@ -115,6 +117,7 @@ struct loom_graph {
     int scope_len[64];       // lengths of the path at each push
     int scope_depth;
     int32_t current_module;
+    int32_t current_stage;   // stage of the nodes added next (the parallelize pass sets it)
     loom_status status;      // first sticky error
     char *error;             // its message
     bool has_backward;
@@ -132,6 +135,11 @@ int loom__graph_add_node(loom_graph *g, loom_op op, int n_in, const loom_value *
                          const int64_t *ai, const float *af, loom_value *out);
 // Append a raw node (autodiff); returns its index or -1.
 int loom__graph_push_node(loom_graph *g, const loom_node *n);
+// Reverse-mode autodiff from `loss` (a scalar, or -1 for a pipeline stage without it) and from
+// `seeds`: values whose gradients arrive from elsewhere (a later pipeline stage). Inputs with
+// requires_grad get gradients like parameters. loom_graph_backward is the loss-only case.
+loom_status loom__graph_backward_seeded(loom_graph_t g, loom_value loss, int n_seeds,
+                                        const loom_value *seeds);
 // Bytes of a value.
 size_t loom__value_bytes(const loom_graph *g, loom_value v);
 int64_t loom__value_numel(const loom_graph *g, loom_value v);

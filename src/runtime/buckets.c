@@ -22,6 +22,11 @@ loom_status loom__runner_enable_buckets(loom_runner *r, size_t bucket_bytes) {
     for (int i = 0; i < p->n_params; i++) last[i] = -1;
     for (int k = 0; k < p->n_instr; k++) {
         const loom_instr *in = &p->instr[k];
+        if (in->kind == LOOM_INSTR_TIED_SYNC) {  // the stages' sum is the last write
+            for (int i = 0; i < p->n_params; i++)
+                if (p->params[i] == in->value) last[i] = k;
+            continue;
+        }
         if (in->kind != LOOM_INSTR_BACKWARD) continue;
         const loom_node *n = &g->nodes[in->node];
         for (int o = 0; o < n->n_out; o++) {

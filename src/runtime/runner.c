@@ -16,9 +16,11 @@ loom_status loom__runner_create(loom_program *prog, const loom_backend_i *be, fl
     if (!r) return loom__program_free(prog), LOOM_ERR_NOMEM;
     r->prog = prog;
     r->be = be;
-    r->ptr = loom__calloc((size_t)g->n_values, sizeof(void *));
-    r->batch_src = loom__calloc((size_t)g->n_values, sizeof(void *));
-    if (!r->ptr || !r->batch_src) goto nomem;
+    size_t nv = (size_t)g->n_values, slots = (size_t)prog->micro_batches;
+    r->ptr = loom__calloc(nv * slots, sizeof(void *));
+    r->batch_src = loom__calloc(nv, sizeof(void *));
+    r->micro_loss = loom__calloc(slots, sizeof(float));
+    if (!r->ptr || !r->batch_src || !r->micro_loss) goto nomem;
     for (int reg = LOOM_REGION_ARENA; reg < LOOM_REGION_COUNT; reg++) {
         if (reg == LOOM_REGION_PARAM) continue;
         size_t bytes = prog->region_bytes[reg];
@@ -33,6 +35,7 @@ loom_status loom__runner_create(loom_program *prog, const loom_backend_i *be, fl
     for (int i = 0; i < prog->n_instr; i++) {
         const loom_instr *in = &prog->instr[i];
         if (in->kind != LOOM_INSTR_FORWARD && in->kind != LOOM_INSTR_BACKWARD) continue;
+        if (in->arg > 0) continue;  // every micro-batch runs the same nodes
         size_t b = be->scratch_bytes(g, &g->nodes[in->node], r->kernel.threads);
         if (b > r->kernel.scratch_bytes) r->kernel.scratch_bytes = b;
     }
@@ -40,10 +43,10 @@ loom_status loom__runner_create(loom_program *prog, const loom_backend_i *be, fl
         r->kernel.scratch = loom__malloc_aligned(r->kernel.scratch_bytes);
         if (!r->kernel.scratch) goto nomem;
     }
-    for (int v = 0; v < g->n_values; v++) {
-        int reg = prog->region[v];
+    for (size_t k = 0; k < nv * slots; k++) {
+        int reg = prog->region[k % nv];
         if (reg == LOOM_REGION_NONE) continue;
-        r->ptr[v] = (char *)r->region[reg] + prog->offset[v];
+        r->ptr[k] = (char *)r->region[reg] + prog->offset[k];
     }
     *out = r;
     return LOOM_OK;
@@ -62,6 +65,7 @@ void loom__runner_free(loom_runner *r) {
     loom__free_aligned(r->opt_v);
     loom__free(r->ptr);
     loom__free(r->batch_src);
+    loom__free(r->micro_loss);
     loom__free(r->norm_skip);
     loom__free(r->events);
     for (int b = 0; b < r->n_buckets; b++)
@@ -77,15 +81,42 @@ size_t loom__runner_bytes(const loom_runner *r, loom_region region) {
 
 // ---- instructions -------------------------------------------------------------------------------
 
+// The buffers of micro-batch `micro`'s instances.
+static void **micro_ptr(const loom_runner *r, int micro) {
+    return r->ptr + (size_t)micro * (size_t)r->prog->graph->n_values;
+}
+
 static loom_status load_batch(loom_runner *r, int micro) {
     const loom_graph *g = r->prog->graph;
+    void **ptr = micro_ptr(r, micro);
     for (int v = 0; v < g->n_values; v++) {
         if (r->prog->region[v] != LOOM_REGION_INPUT) continue;
         if (!r->batch_src[v]) continue;  // written in place by the caller (loom_exec_buffer)
         size_t bytes = loom__value_bytes(g, v);
-        memcpy(r->ptr[v], (const char *)r->batch_src[v] + (size_t)micro * bytes, bytes);
+        memcpy(ptr[v], (const char *)r->batch_src[v] + (size_t)micro * bytes, bytes);
     }
     return LOOM_OK;
+}
+
+// A pipeline boundary value (or its gradient) to or from another pipeline rank.
+static loom_status point_to_point(loom_runner *r, const loom_instr *in) {
+    const loom_graph *g = r->prog->graph;
+    void *buf = micro_ptr(r, in->arg)[in->value];
+    size_t count = (size_t)loom__value_numel(g, in->value);
+    loom_dtype dt = g->values[in->value].dtype;
+    if (in->kind == LOOM_INSTR_SEND) return loom_comm_send(r->pipe_comm, buf, count, dt, in->peer, in->tag);
+    return loom_comm_recv(r->pipe_comm, buf, count, dt, in->peer, in->tag);
+}
+
+// A parameter shared by several pipeline stages (GPT-2's tied wte / lm_head) keeps one value:
+// its gradient is the sum of every stage's.
+static loom_status tied_sync(loom_runner *r, const loom_instr *in) {
+    loom_value gv = r->prog->graph->values[in->value].grad;
+    if (gv < 0) return LOOM_OK;
+    float *grad = r->ptr[gv];
+    size_t n = (size_t)loom__value_numel(r->prog->graph, in->value);
+    return loom_comm_all_reduce(r->tied_comms[in->peer], grad, grad, n, LOOM_DTYPE_F32,
+                                LOOM_REDUCE_SUM);
 }
 
 static float loss_scale(const loom_runner *r) {
@@ -138,7 +169,7 @@ static loom_status clip_grads(loom_runner *r) {
     }
     float sumsq = (float)local;
     LOOM_CHECK(sum_over(r->zero_comm, &sumsq));
-    if (r->norm_skip) LOOM_CHECK(sum_over(r->kernel.comm, &sumsq));
+    if (r->norm_skip) LOOM_CHECK(sum_over(r->norm_comm ? r->norm_comm : r->kernel.comm, &sumsq));
     r->last_grad_norm = sqrtf(sumsq) / loss_scale(r);  // the norm of the unscaled gradients
     return LOOM_OK;
 }
@@ -253,14 +284,24 @@ loom_status loom__runner_run(loom_runner *r) {
             break;
         case LOOM_INSTR_LOAD_BATCH: LOOM_CHECK(load_batch(r, in->arg)); break;
         case LOOM_INSTR_SEED_GRAD:
-            *(float *)r->ptr[g->values[p->loss].grad] = loss_scale(r) / (float)p->micro_batches;
+            *(float *)r->ptr[g->values[p->loss].grad] = loss_scale(r) * p->seed;
             break;
-        case LOOM_INSTR_RECORD_LOSS: r->loss_sum += *(const float *)r->ptr[p->loss]; break;
+        case LOOM_INSTR_RECORD_LOSS:
+            r->micro_loss[in->arg] = *(const float *)r->ptr[p->loss];
+            r->loss_sum += r->micro_loss[in->arg];
+            break;
         case LOOM_INSTR_FORWARD:
-            LOOM_CHECK(r->be->forward(g, &g->nodes[in->node], r->ptr, &r->kernel));
+            LOOM_CHECK(r->be->forward(g, &g->nodes[in->node], micro_ptr(r, in->arg), &r->kernel));
             break;
         case LOOM_INSTR_BACKWARD:
-            LOOM_CHECK(r->be->backward(g, &g->nodes[in->node], in->acc_mask, r->ptr, &r->kernel));
+            LOOM_CHECK(r->be->backward(g, &g->nodes[in->node], in->acc_mask,
+                                       micro_ptr(r, in->arg), &r->kernel));
+            if (r->n_buckets) LOOM_CHECK(loom__buckets_start(r, i));
+            break;
+        case LOOM_INSTR_SEND:
+        case LOOM_INSTR_RECV: LOOM_CHECK(point_to_point(r, in)); break;
+        case LOOM_INSTR_TIED_SYNC:
+            LOOM_CHECK(tied_sync(r, in));
             if (r->n_buckets) LOOM_CHECK(loom__buckets_start(r, i));
             break;
         case LOOM_INSTR_DP_SYNC: LOOM_CHECK(dp_sync(r)); break;

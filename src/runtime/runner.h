@@ -30,7 +30,8 @@ typedef struct loom_runner {
     loom_program *prog;
     const loom_backend_i *be;
     void *region[LOOM_REGION_COUNT];  // owned, except PARAM (bound to the model)
-    void **ptr;                       // per value: its buffer, NULL when unused
+    void **ptr;                       // per value: its buffer (micro-batch 0's instance), NULL
+                                      // when unused; ptr + m * n_values: micro-batch m's
     loom_kernel_ctx kernel;           // scratch sized for the largest node, owned
     // Per-step inputs: the caller's arrays for each INPUT value, micro-batch major.
     const void **batch_src;
@@ -40,9 +41,14 @@ typedef struct loom_runner {
     loom_optim_params optim;
     float last_grad_norm;
     double loss_sum;  // sum of the micro-batch losses of the current step
+    float *micro_loss;  // per micro-batch: its loss (where this rank computes the loss)
     int skip_update;  // run forward and backward only (gradients stay readable)
-    // Parallel runs: kernel.comm is the unit's communicator; dp_comm the data-parallel group.
-    loom_comm_t dp_comm;
+    // Parallel runs: kernel.comm is the stage's tensor-parallel group; dp_comm the
+    // data-parallel group; norm_comm the unit (every stage: the gradient norm sums over it);
+    // pipe_comm the pipeline ranks (sends and receives); tied_comms the ranks sharing a tied
+    // parameter (TIED_SYNC's groups).
+    loom_comm_t dp_comm, norm_comm, pipe_comm;
+    loom_comm_t *tied_comms;
     // Per parameter (program order): 1 when this rank's gradient is a replica another rank of
     // the unit already counts in the global norm.
     uint8_t *norm_skip;

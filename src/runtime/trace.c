@@ -10,7 +10,8 @@
 #include <string.h>
 
 static const char *category(const loom_runner *r, const loom_instr *in) {
-    if (in->kind == LOOM_INSTR_DP_SYNC) return "comm";
+    if (in->kind == LOOM_INSTR_DP_SYNC || in->kind == LOOM_INSTR_TIED_SYNC) return "comm";
+    if (in->kind == LOOM_INSTR_SEND || in->kind == LOOM_INSTR_RECV) return "p2p";
     if (in->node < 0) return "step";
     const loom_node *n = &r->prog->graph->nodes[in->node];
     if (loom__op_def(n->op)->flags & LOOM_OPF_COMM) return "comm";
@@ -53,6 +54,10 @@ loom_status loom__trace_write(const char *path, loom_runner *const *runners, con
                 snprintf(name, sizeof name, "%s%s @%s", loom__op_def(g->nodes[in->node].op)->signature,
                          in->kind == LOOM_INSTR_BACKWARD ? ".backward" : "",
                          g->modules[g->nodes[in->node].module]);
+            else if (in->kind == LOOM_INSTR_SEND || in->kind == LOOM_INSTR_RECV)
+                snprintf(name, sizeof name, "%s %s %s pipeline rank %d", loom__instr_name(in->kind),
+                         g->values[in->value].name, in->kind == LOOM_INSTR_SEND ? "to" : "from",
+                         in->peer);
             else
                 snprintf(name, sizeof name, "%s", loom__instr_name(in->kind));
             if (e > 0 && ev->start > r->events[e - 1].end + 1e-6)  // gaps of a microsecond or more
