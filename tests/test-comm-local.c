@@ -1,6 +1,7 @@
 // Tests of the local communicator (ranks are threads): every collective at 1, 2, 3, 4 and 8
 // ranks against independently computed results (float sums bit-exact in rank order), split,
-// point to point, async all-reduce, abort, timeout, departure and argument errors.
+// point to point (eager sends, order), async all-reduce, abort, timeout, departure and argument
+// errors.
 // The rank_* checks above LOOM_COMM_TEST_SHARED_ONLY use only the public API; test-comm-mpi.c
 // includes this file with that macro defined to run them on MPI processes.
 
@@ -288,8 +289,8 @@ static void rank_broadcast(loom_comm_t c, void *ctx) {
     free(recv);
 }
 
-// Ring: rank r sends to r+1 with tag 100+r, receives from r-1 with tag 100+(r-1). Sends block
-// until received, so rank 0 sends first and every other rank receives first.
+// Ring: rank r sends to r+1 with tag 100+r, receives from r-1 with tag 100+(r-1). Rank 0 sends
+// first and every other rank receives first, so most receives wait for their message.
 static void rank_ring(loom_comm_t c, void *ctx) {
     int r = loom_comm_rank(c), n = loom_comm_size(c);
     if (n < 2) return;
@@ -305,6 +306,73 @@ static void rank_ring(loom_comm_t c, void *ctx) {
     RCHECK(bad == 0, "n=%d rank %d: ring message from %d wrong", n, r, left);
     free(out);
     free(in);
+}
+
+// Eager sends: every rank sends three messages of different lengths to each ring neighbour
+// (tag 10 rightwards, 11 leftwards; at 2 ranks both go to the one peer) before it receives any,
+// scribbling over its buffer after each send; then it receives them all and checks contents and
+// order. With rendezvous sends every rank would wait in its first send.
+static void rank_both_ways(loom_comm_t c, void *ctx) {
+    int r = loom_comm_rank(c), n = loom_comm_size(c);
+    if (n < 2) return;
+    int right = (r + 1) % n, left = (r + n - 1) % n;
+    enum { MSGS = 3 };
+    const size_t lengths[MSGS] = {1, 4099, (size_t)1 << 18};  // the last is past MPI's eager limit
+    int32_t *buf = malloc(lengths[MSGS - 1] * sizeof *buf);
+    for (int k = 0; k < MSGS; k++) {
+        for (int dir = 0; dir < 2; dir++) {
+            fill_i32(buf, lengths[k], r, 0, 400 + (uint32_t)(10 * dir + k));
+            RCHECK_OK(loom_comm_send(c, buf, lengths[k], LOOM_DTYPE_I32, dir ? left : right,
+                                     10 + dir), r);
+            memset(buf, 0xa5, lengths[k] * sizeof *buf);  // the message is a copy
+        }
+    }
+    // Leftwards messages first: the receives match (src, tag) past the messages queued earlier.
+    for (int dir = 1; dir >= 0; dir--) {
+        int from = dir ? right : left;
+        for (int k = 0; k < MSGS; k++) {
+            memset(buf, 0, lengths[k] * sizeof *buf);
+            RCHECK_OK(loom_comm_recv(c, buf, lengths[k], LOOM_DTYPE_I32, from, 10 + dir), r);
+            size_t bad = 0;
+            for (size_t i = 0; i < lengths[k]; i++) {
+                bad += buf[i] != i32_value(from, i, 400 + (uint32_t)(10 * dir + k));
+            }
+            RCHECK(bad == 0, "n=%d rank %d: message %d from rank %d (tag %d): %zu elements differ",
+                   n, r, k, from, 10 + dir, bad);
+        }
+    }
+    free(buf);
+}
+
+// 100 messages of 1 KB to the right neighbour, all sent before the receiver starts (a barrier
+// separates the two), in two rounds: the second reuses the first's message blocks.
+static void rank_queued(loom_comm_t c, void *ctx) {
+    int r = loom_comm_rank(c), n = loom_comm_size(c);
+    if (n < 2) return;
+    int right = (r + 1) % n, left = (r + n - 1) % n;
+    enum { QUEUED = 100, WORDS = 256 };
+    int32_t buf[WORDS];
+    for (int round = 0; round < 2; round++) {
+        uint32_t salt = 500 + (uint32_t)round;
+        int failed = 0;
+        for (int k = 0; k < QUEUED; k++) {
+            fill_i32(buf, WORDS, r, (size_t)k * WORDS, salt);
+            failed += loom_comm_send(c, buf, WORDS, LOOM_DTYPE_I32, right, 20) != LOOM_OK;
+        }
+        RCHECK(failed == 0, "n=%d rank %d: %d queued sends failed: %s", n, r, failed,
+               loom_last_error());
+        RCHECK_OK(loom_comm_barrier(c), r);
+        size_t bad = 0;
+        for (int k = 0; k < QUEUED; k++) {
+            memset(buf, 0, sizeof buf);
+            failed += loom_comm_recv(c, buf, WORDS, LOOM_DTYPE_I32, left, 20) != LOOM_OK;
+            for (size_t i = 0; i < WORDS; i++) {
+                bad += buf[i] != i32_value(left, (size_t)k * WORDS + i, salt);
+            }
+        }
+        RCHECK(failed == 0 && bad == 0, "n=%d rank %d round %d: %d receives failed (%s), %zu "
+               "elements differ", n, r, round, failed, failed ? loom_last_error() : "", bad);
+    }
 }
 
 // Parity groups with reversed keys: in each group, the highest parent rank becomes rank 0.
@@ -463,8 +531,10 @@ static void *rank_main(void *arg) {
     return NULL;
 }
 
-// Runs fn on n fresh ranks, one thread each; each thread destroys its handle at the end.
-static void run_ranks(int n, const loom_comm_config *cfg, rank_fn fn, void *ctx) {
+// Runs fn on n fresh ranks, one thread each; with destroy_at_end, each thread destroys its
+// handle at the end (else fn does).
+static void run_ranks_with(int n, const loom_comm_config *cfg, rank_fn fn, void *ctx,
+                           int destroy_at_end) {
     loom_comm_t comms[16];
     rank_thread threads[16];
     pthread_t ids[16];
@@ -476,10 +546,14 @@ static void run_ranks(int n, const loom_comm_config *cfg, rank_fn fn, void *ctx)
         CHECK(loom_comm_get_kind(comms[r]) == LOOM_COMM_LOCAL);
     }
     for (int r = 0; r < n; r++) {
-        threads[r] = (rank_thread){comms[r], fn, ctx, 1};
+        threads[r] = (rank_thread){comms[r], fn, ctx, destroy_at_end};
         pthread_create(&ids[r], NULL, rank_main, &threads[r]);
     }
     for (int r = 0; r < n; r++) pthread_join(ids[r], NULL);
+}
+
+static void run_ranks(int n, const loom_comm_config *cfg, rank_fn fn, void *ctx) {
+    run_ranks_with(n, cfg, fn, ctx, 1);
 }
 
 static atomic_int barrier_arrivals;
@@ -512,6 +586,13 @@ static void test_collectives(void) {
         run_ranks(n, NULL, rank_split, NULL);
         run_ranks(n, NULL, rank_async, NULL);
         run_ranks(n, NULL, rank_count_zero, NULL);
+    }
+}
+
+static void test_point_to_point(void) {
+    for (int n = 2; n <= 4; n++) {
+        run_ranks(n, NULL, rank_both_ways, NULL);
+        run_ranks(n, NULL, rank_queued, NULL);
     }
 }
 // ---- failures -----------------------------------------------------------------------------------
@@ -569,14 +650,44 @@ static void rank_recv_timeout(loom_comm_t c, void *ctx) {
     pthread_barrier_wait(&timeout_done);
 }
 
-// Mismatched lengths fail on both sides.
+// Mismatched lengths: the sender has moved on, so only the receiver fails; the message is
+// dropped and the next one with the tag is received as usual.
 static void rank_length_mismatch(loom_comm_t c, void *ctx) {
     int r = loom_comm_rank(c);
-    int32_t buf[8] = {0};
-    loom_status st = r == 0 ? loom_comm_send(c, buf, 8, LOOM_DTYPE_I32, 1, 0)
-                            : loom_comm_recv(c, buf, 4, LOOM_DTYPE_I32, 0, 0);
-    RCHECK(st == LOOM_ERR_INVALID && has(loom_last_error(), "must match"),
-           "rank %d: mismatch %d '%s'", r, st, loom_last_error());
+    int32_t buf[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    if (r == 0) {
+        RCHECK_OK(loom_comm_send(c, buf, 8, LOOM_DTYPE_I32, 1, 0), r);
+        RCHECK_OK(loom_comm_send(c, buf, 4, LOOM_DTYPE_I32, 1, 0), r);
+        return;
+    }
+    loom_status st = loom_comm_recv(c, buf, 4, LOOM_DTYPE_I32, 0, 0);
+    const char *msg = loom_last_error();
+    RCHECK(st == LOOM_ERR_INVALID && has(msg, "recv #1 from rank 0 (tag 0) on rank 1") &&
+               has(msg, "expected 16 bytes but rank 0 sent 32") && has(msg, "must match"),
+           "mismatch %d '%s'", st, msg);
+    memset(buf, 0, sizeof buf);
+    RCHECK_OK(loom_comm_recv(c, buf, 4, LOOM_DTYPE_I32, 0, 0), r);
+    RCHECK(buf[0] == 0 && buf[3] == 3, "after the mismatch: %d %d", buf[0], buf[3]);
+}
+
+// Rank 1 destroys its handle with a message from rank 0 unreceived (freed with the world, as
+// LeakSanitizer checks); rank 0's next send to it fails, naming it.
+static void rank_send_departure(loom_comm_t c, void *ctx) {
+    int r = loom_comm_rank(c);
+    int32_t x[4] = {1, 2, 3, 4};
+    if (r == 0) RCHECK_OK(loom_comm_send(c, x, 4, LOOM_DTYPE_I32, 1, 3), r);
+    RCHECK_OK(loom_comm_barrier(c), r);  // the message is queued before rank 1 leaves
+    if (r == 1) loom_comm_destroy(c);
+    pthread_barrier_wait(&timeout_done);
+    if (r == 1) return;
+    double t0 = now_s();
+    loom_status st = loom_comm_send(c, x, 4, LOOM_DTYPE_I32, 1, 3);
+    const char *msg = loom_last_error();
+    RCHECK(st == LOOM_ERR_COMM && has(msg, "send #2 to rank 1 (tag 3) on rank 0") &&
+               has(msg, "rank 1 destroyed the communicator without receiving from rank 0 (tag 3)"),
+           "send to a departed rank: %d '%s'", st, msg);
+    RCHECK(now_s() - t0 < 1.0, "the send to a departed rank took %.2f s", now_s() - t0);
+    loom_comm_destroy(c);
 }
 
 static void test_failures(void) {
@@ -590,21 +701,16 @@ static void test_failures(void) {
     pthread_barrier_destroy(&timeout_done);
 
     cfg.timeout_s = 30;
-    loom_comm_t comms[FAIL_RANKS];
-    pthread_t ids[FAIL_RANKS];
-    rank_thread threads[FAIL_RANKS];
-    CHECK_OK(loom_comm_local_create_all(FAIL_RANKS, &cfg, comms));
-    for (int r = 0; r < FAIL_RANKS; r++) {
-        threads[r] = (rank_thread){comms[r], rank_departure, NULL, 0};
-        pthread_create(&ids[r], NULL, rank_main, &threads[r]);
-    }
-    for (int r = 0; r < FAIL_RANKS; r++) pthread_join(ids[r], NULL);
+    run_ranks_with(FAIL_RANKS, &cfg, rank_departure, NULL, 0);
 
     cfg.timeout_s = 0.3;
     pthread_barrier_init(&timeout_done, NULL, 2);
     run_ranks(2, &cfg, rank_recv_timeout, NULL);
     pthread_barrier_destroy(&timeout_done);
     run_ranks(2, NULL, rank_length_mismatch, NULL);
+    pthread_barrier_init(&timeout_done, NULL, 2);
+    run_ranks_with(2, NULL, rank_send_departure, NULL, 0);
+    pthread_barrier_destroy(&timeout_done);
 }
 
 // A watchdog thread aborts rank 1 while the ranks run collectives on buffers they free right
@@ -748,6 +854,7 @@ int main(void) {
     double t0 = now_s();
     test_argument_errors();
     test_collectives();
+    test_point_to_point();
     test_failures();
     run_ranks(FAIL_RANKS, NULL, rank_abort_family, NULL);
     test_abort_midway();

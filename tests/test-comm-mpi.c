@@ -1,7 +1,7 @@
 // Tests of the MPI communicator on 4 processes. Started plainly, it re-runs itself under
 // `LOOM_MPIEXEC -np 4 --oversubscribe` (skips when loom has no MPI); under MPI it runs the
-// collective checks of test-comm-local.c, then a timeout and an abort, and rank 0 prints the
-// pass/fail totals of all ranks.
+// collective and point-to-point checks of test-comm-local.c (eager sends in both directions
+// included), then a timeout and an abort, and rank 0 prints the pass/fail totals of all ranks.
 
 #define LOOM_COMM_TEST_SHARED_ONLY
 #include "test-comm-local.c"
@@ -80,8 +80,8 @@ static int relaunch_under_mpi(void) {
 
 // ---- under MPI ----------------------------------------------------------------------------------
 
-// Mismatched point-to-point lengths fail on the receiver (MPI completes small sends eagerly,
-// so the sender does not learn of it) and leave the communicator usable.
+// Mismatched point-to-point lengths fail on the receiver (sends are eager, so the sender does
+// not learn of it) and leave the communicator usable.
 static void test_length_mismatch(loom_comm_t world) {
     int r = loom_comm_rank(world);
     int32_t buf[16] = {0};
@@ -97,6 +97,32 @@ static void test_length_mismatch(loom_comm_t world) {
                                                                 "sent 32"),
                "shorter message: %d '%s'", st, loom_last_error());
     }
+    RCHECK_OK(loom_comm_barrier(world), r);
+}
+
+// Rank 0 sends a message past MPI's eager limit on a fresh communicator and destroys it at once;
+// rank 1 receives it 200 ms later: the destroy waits for the send in flight, and its staging
+// copy outlives the sender's buffer.
+static void test_destroy_after_send(loom_comm_t world) {
+    int r = loom_comm_rank(world);
+    loom_comm_t s = NULL;
+    RCHECK_OK(loom_comm_mpi_create(NULL, NULL, &s), r);
+    size_t count = (size_t)1 << 18;
+    int32_t *buf = malloc(count * sizeof *buf);
+    if (s && r == 0) {
+        fill_i32(buf, count, r, 0, 600);
+        RCHECK_OK(loom_comm_send(s, buf, count, LOOM_DTYPE_I32, 1, 9), r);
+        memset(buf, 0xa5, count * sizeof *buf);
+    } else if (s && r == 1) {
+        struct timespec pause = {0, 200 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+        RCHECK_OK(loom_comm_recv(s, buf, count, LOOM_DTYPE_I32, 0, 9), r);
+        size_t bad = 0;
+        for (size_t i = 0; i < count; i++) bad += buf[i] != i32_value(0, i, 600);
+        RCHECK(bad == 0, "rank 1: %zu elements of the message sent before destroy differ", bad);
+    }
+    loom_comm_destroy(s);
+    free(buf);
     RCHECK_OK(loom_comm_barrier(world), r);
 }
 
@@ -178,11 +204,14 @@ static int under_mpi(void) {
     rank_broadcast(world, NULL);
     rank_barrier_waits(world, NULL);
     rank_ring(world, NULL);
+    rank_both_ways(world, NULL);
+    rank_queued(world, NULL);
     rank_split(world, NULL);
     rank_async(world, NULL);
     rank_count_zero(world, NULL);
     test_given_communicator(world);
     test_length_mismatch(world);
+    test_destroy_after_send(world);
     test_timeout(world);
     test_abort(world);
 

@@ -45,7 +45,7 @@ typedef enum loom_comm_kind {
 } loom_comm_kind;
 
 typedef struct loom_comm_config {
-    double timeout_s;  // a collective waiting longer than this fails (default 60)
+    double timeout_s;  // a collective or receive waiting longer than this fails (default 60)
 } loom_comm_config;
 
 loom_comm_config loom_comm_config_default(void);
@@ -97,6 +97,16 @@ loom_status loom_comm_barrier(loom_comm_t c);
 
 // ---- point to point (not collective) ------------------------------------------------------------
 
+// Sends are eager: loom_comm_send copies buf into memory of the transport and returns without
+// waiting for the receiver, so buf may be reused at once, and neighbouring ranks may send to
+// each other before either receives (any schedule whose receives do not wait on each other in a
+// cycle completes). It fails when the communicator has failed or the peer has destroyed its
+// handle. loom_comm_recv blocks, up to timeout_s, for the first message from `peer` with `tag`:
+// messages between two ranks with the same tag arrive in send order. The lengths (count times
+// the dtype's size) must match; a mismatch is reported by the receiver only, and the message is
+// dropped. peer is another rank. A message takes memory until it is received; the `local`
+// transport frees unreceived ones with the communicator, and loom_comm_destroy of an `mpi` one
+// waits (up to timeout_s) for its sends still in flight, then warns and leaks their copies.
 loom_status loom_comm_send(loom_comm_t c, const void *buf, size_t count, loom_dtype dtype,
                            int peer, int tag);
 loom_status loom_comm_recv(loom_comm_t c, void *buf, size_t count, loom_dtype dtype, int peer,

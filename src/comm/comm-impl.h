@@ -41,7 +41,7 @@ typedef struct loom_comm_args {
 } loom_comm_args;
 
 typedef struct loom_comm_vtable {
-    // Blocking collective or point-to-point call (args->op != SPLIT).
+    // Collective or point-to-point call (args->op != SPLIT); blocking, but sends are eager.
     loom_status (*run)(loom_comm_t c, const loom_comm_args *args);
     // Start args (an all-reduce) in the background; *req completes in issue order.
     loom_status (*start_async)(loom_comm_t c, const loom_comm_args *args,

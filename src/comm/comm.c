@@ -353,9 +353,8 @@ static loom_status point_to_point(const char *fn, loom_comm_t c, loom_comm_args 
     LOOM_CHECK(check_dtype(fn, c, a, 0));
     LOOM_CHECK(check_rank_arg(fn, c, "peer", a->peer));
     if (a->peer == c->rank) {
-        return loom__error(LOOM_ERR_INVALID, "%s (rank %d): peer is this rank; a blocking "
-                           "send to oneself never completes, copy the buffer instead", fn,
-                           c->rank);
+        return loom__error(LOOM_ERR_INVALID, "%s (rank %d): peer is this rank; messages go "
+                           "to other ranks, copy the buffer instead", fn, c->rank);
     }
     if (a->tag < 0) {
         return loom__error(LOOM_ERR_INVALID, "%s (rank %d): tag %d is negative", fn, c->rank,

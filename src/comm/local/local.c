@@ -2,11 +2,15 @@
 // buffer pointers, meet at a barrier, and each rank computes its own output from its peers'
 // buffers, reducing in rank order 0..n-1 so every rank gets bit-identical results.
 //
-// Send is a rendezvous: it returns once the receiver has copied the message, so pair sends with
-// receives (on a ring, let rank 0 send first). Asynchronous all-reduces run on a per-rank
-// progress thread in issue order; a blocking collective first waits for them. Every wait is
-// bounded by the timeout; a timeout, an abort (which reaches every world split from the same
-// loom_comm_local_create_all) or a rank destroying its handle mid-call poisons the world.
+// Sends are eager: a send copies the message into one block (header and data), links it at the
+// end of the destination's inbox and returns without waiting for the receiver, so ranks may
+// send to each other in any order. The receiver takes the first block from its peer with its
+// tag (send order per pair and tag), copies it out and returns it to a small per-world cache of
+// blocks by size class, so steady-state steps do not call malloc; blocks left unreceived go
+// with the world. Asynchronous all-reduces run on a per-rank progress thread in issue order; a
+// blocking collective first waits for them. Every wait is bounded by the timeout; a timeout, an
+// abort (which reaches every world split from the same loom_comm_local_create_all) or a rank
+// destroying its handle mid-call poisons the world.
 
 #include "comm/comm-impl.h"
 #include "core/core.h"
@@ -14,6 +18,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdalign.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -23,6 +28,13 @@
 #define REDUCE_BLOCK_BYTES 16384
 // All-reduce splits the vector into per-rank chunks aligned to this many bytes.
 #define CHUNK_ALIGN_BYTES 64
+// Message blocks come in size classes: class k holds up to 2^(MSG_MIN_SHIFT + k) bytes of data
+// (256 B to 512 GiB); a larger message gets a block of its own size that is never cached. A
+// world caches at most MSG_CACHE_PER_CLASS received blocks per class, which covers what a
+// pipeline step keeps in flight at once; blocks beyond that are freed.
+#define MSG_MIN_SHIFT 8
+#define MSG_CLASSES 32
+#define MSG_CACHE_PER_CLASS 16
 
 typedef struct local_world local_world;
 
@@ -32,16 +44,21 @@ typedef struct local_family {
     local_world *worlds;  // linked through local_world.family_next
 } local_family;
 
-// A posted send; it lives on the sender's stack, which waits until a receiver has copied it.
+// A sent message: one block with a copy of the data. The world owns it from the send until a
+// receiver unlinks it; the receiver then copies it out and gives it back to the cache.
 typedef struct local_message {
-    struct local_message *next;
+    struct local_message *next;  // in an inbox or in the cache
     int src, tag;
-    const void *data;
+    int size_class;  // index into the cache, or -1: larger than every class, never cached
     size_t bytes;
-    int claimed;            // unlinked by a receiver, which is copying it
-    int done;               // copied, or refused (the lengths differ)
-    size_t expected_bytes;  // the receiver's length when it refused
+    unsigned char data[];
 } local_message;
+
+// Rank r's incoming messages in send order; a receive takes the first that matches (src, tag).
+typedef struct local_inbox {
+    local_message *head;
+    local_message **tail;  // &last->next, or &head when empty
+} local_inbox;
 
 // What rank r publishes for the collective in progress.
 typedef struct local_slot {
@@ -68,7 +85,9 @@ struct local_world {
     unsigned char *reading;   // between barriers, reading peers' buffers
     int readers;
     local_slot *slots;
-    local_message **inbox;  // per destination rank, FIFO, matched by (src, tag)
+    local_inbox *inbox;  // per destination rank
+    local_message *cache[MSG_CLASSES];  // received blocks for the next sends, by size class
+    int cached[MSG_CLASSES];
     loom_comm_failure failure;
 };
 
@@ -123,6 +142,14 @@ static local_family *family_new(void) {
     return f;
 }
 
+static void msg_free_list(local_message *m) {
+    while (m) {
+        local_message *next = m->next;
+        loom__free(m);
+        m = next;
+    }
+}
+
 static void world_free(local_world *w) {
     if (!w) return;
     local_family *f = w->family;
@@ -144,6 +171,9 @@ static void world_free(local_world *w) {
     }
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
+    // Messages nobody received, and the cache.
+    for (int r = 0; w->inbox && r < w->size; r++) msg_free_list(w->inbox[r].head);
+    for (int k = 0; k < MSG_CLASSES; k++) msg_free_list(w->cache[k]);
     loom__free(w->top_rank);
     loom__free(w->entered);
     loom__free(w->departed);
@@ -178,6 +208,7 @@ static local_world *world_new(int size, local_family *family, const int *top_ran
         return NULL;
     }
     memcpy(w->top_rank, top_rank, n * sizeof *top_rank);
+    for (size_t r = 0; r < n; r++) w->inbox[r].tail = &w->inbox[r].head;
     w->family = family;
     pthread_mutex_lock(&family->mu);
     w->family_next = family->worlds;
@@ -383,78 +414,107 @@ done:
 
 // ---- point to point -----------------------------------------------------------------------------
 
-static void inbox_unlink(local_world *w, int dst, local_message *m) {
-    for (local_message **p = &w->inbox[dst]; *p; p = &(*p)->next) {
-        if (*p == m) {
-            *p = m->next;
-            return;
-        }
+// The size class of a message of `bytes`, or -1 when it is larger than every class.
+static int msg_class(size_t bytes) {
+    for (int k = 0; k < MSG_CLASSES; k++) {
+        if ((uint64_t)bytes <= (uint64_t)1 << (MSG_MIN_SHIFT + k)) return k;
     }
+    return -1;
 }
 
-// Rendezvous: post the message in the peer's inbox and wait until the peer has copied it.
+// Under w->mu: a cached block for a message of class k (NULL when there is none).
+static local_message *msg_reuse(local_world *w, int k) {
+    local_message *m = k >= 0 ? w->cache[k] : NULL;
+    if (m) {
+        w->cache[k] = m->next;
+        w->cached[k]--;
+    }
+    return m;
+}
+
+// Under w->mu: keep a block that is done with for the next send of its class, unless the class
+// holds MSG_CACHE_PER_CLASS already; returns the block when the caller must free it (after
+// unlocking). A block is cached only after it carried a message, so the cache never holds more
+// than the messages that were in flight at once.
+static local_message *msg_recycle(local_world *w, local_message *m) {
+    int k = m->size_class;
+    if (k < 0 || w->cached[k] >= MSG_CACHE_PER_CLASS) return m;
+    m->next = w->cache[k];
+    w->cache[k] = m;
+    w->cached[k]++;
+    return NULL;
+}
+
+// Under w->mu: whether send `a` cannot be delivered (the world failed, or the peer destroyed
+// its handle, which poisons the world); the failure raised, or LOOM_OK.
+static loom_status send_refused(loom_comm_t c, const loom_comm_args *a) {
+    local_world *w = world_of(c);
+    if (!w->failure.failed && w->departed[a->peer]) {
+        loom__comm_failure_set(&w->failure, NULL, "rank %d destroyed the communicator "
+                               "without receiving from rank %d (tag %d)", a->peer, c->rank,
+                               a->tag);
+        pthread_cond_broadcast(&w->cv);
+    }
+    return w->failure.failed ? loom__comm_failure_raise(c, a, &w->failure) : LOOM_OK;
+}
+
+// Eager: copy the message into a block, link it at the end of the peer's inbox, return.
 static loom_status local_send(loom_comm_t c, const loom_comm_args *a) {
     local_world *w = world_of(c);
-    local_message m = {.src = c->rank, .tag = a->tag, .data = a->send,
-                       .bytes = a->count * a->elem_size};
-    loom_status st = LOOM_OK;
+    size_t bytes = a->count * a->elem_size;
+    int k = msg_class(bytes);
     pthread_mutex_lock(&w->mu);
-    if (w->failure.failed) {
-        st = loom__comm_failure_raise(c, a, &w->failure);
-        pthread_mutex_unlock(&w->mu);
-        return st;
+    loom_status st = send_refused(c, a);
+    local_message *m = st < 0 ? NULL : msg_reuse(w, k);
+    pthread_mutex_unlock(&w->mu);
+    if (st < 0) return st;
+    if (!m) {
+        size_t capacity = k >= 0 ? (size_t)1 << (MSG_MIN_SHIFT + k) : bytes;
+        m = capacity <= SIZE_MAX - sizeof *m ? loom__malloc(sizeof *m + capacity) : NULL;
+        if (!m) {
+            char call[128];
+            loom__comm_describe(a, call, sizeof call);
+            return loom__error(LOOM_ERR_NOMEM, "%s on rank %d: out of memory copying the %zu "
+                               "bytes of the message", call, c->rank, bytes);
+        }
+        m->size_class = k;
     }
-    local_message **tail = &w->inbox[a->peer];
-    while (*tail) tail = &(*tail)->next;
-    *tail = &m;
-    pthread_cond_broadcast(&w->cv);
-    struct timespec deadline = deadline_after(c->cfg.timeout_s);
-    int timed_out = 0;
-    while (!m.done) {
-        if (m.claimed) {  // the receiver is copying: that ends without us
-            pthread_cond_wait(&w->cv, &w->mu);
-            continue;
-        }
-        if (!w->failure.failed && w->departed[a->peer]) {
-            loom__comm_failure_set(&w->failure, NULL, "rank %d destroyed the communicator "
-                                   "without receiving from rank %d (tag %d)", a->peer, c->rank,
-                                   a->tag);
-        } else if (!w->failure.failed && timed_out) {
-            loom__comm_failure_set(&w->failure, NULL, "rank %d did not receive from rank %d "
-                                   "(tag %d) within %.1f s", a->peer, c->rank, a->tag,
-                                   c->cfg.timeout_s);
-        }
-        if (w->failure.failed) {
-            inbox_unlink(w, a->peer, &m);
-            st = loom__comm_failure_raise(c, a, &w->failure);
-            pthread_cond_broadcast(&w->cv);
-            break;
-        }
-        timed_out = world_wait(w, &deadline);
+    m->next = NULL;
+    m->src = c->rank;
+    m->tag = a->tag;
+    m->bytes = bytes;
+    memcpy(m->data, a->send, bytes);  // unlocked: the other ranks go on meanwhile
+    pthread_mutex_lock(&w->mu);
+    st = send_refused(c, a);  // the copy gave the peer time to leave
+    if (st == LOOM_OK) {
+        local_inbox *in = &w->inbox[a->peer];
+        *in->tail = m;
+        in->tail = &m->next;
+        m = NULL;
+        pthread_cond_broadcast(&w->cv);
+    } else {
+        m = msg_recycle(w, m);
     }
     pthread_mutex_unlock(&w->mu);
-    if (m.done && m.expected_bytes != m.bytes) {
-        char call[128];
-        loom__comm_describe(a, call, sizeof call);
-        st = loom__error(LOOM_ERR_INVALID, "%s on rank %d: rank %d receives %zu bytes with this "
-                         "tag but %zu were sent; the lengths and dtypes must match", call,
-                         c->rank, a->peer, m.expected_bytes, m.bytes);
-    }
+    loom__free(m);
     return st;
 }
 
-// Take the first message from the peer with this tag (waiting for it) and copy it.
+// Take the first message from the peer with this tag (waiting for it) and copy it out. A
+// message of another length is dropped and reported here only: its sender has moved on.
 static loom_status local_recv(loom_comm_t c, const loom_comm_args *a) {
     local_world *w = world_of(c);
+    local_inbox *in = &w->inbox[c->rank];
     size_t bytes = a->count * a->elem_size;
     loom_status st = LOOM_OK;
-    local_message *m = NULL;
     struct timespec deadline = deadline_after(c->cfg.timeout_s);
     int timed_out = 0;
+    local_message **p;
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        for (m = w->inbox[c->rank]; m && (m->src != a->peer || m->tag != a->tag); m = m->next) {}
-        if (m) break;
+        for (p = &in->head; *p && ((*p)->src != a->peer || (*p)->tag != a->tag);
+             p = &(*p)->next) {}
+        if (*p) break;
         if (!w->failure.failed && w->departed[a->peer]) {
             loom__comm_failure_set(&w->failure, NULL, "rank %d destroyed the communicator "
                                    "without sending to rank %d (tag %d)", a->peer, c->rank,
@@ -471,28 +531,24 @@ static loom_status local_recv(loom_comm_t c, const loom_comm_args *a) {
         }
         timed_out = world_wait(w, &deadline);
     }
-    inbox_unlink(w, c->rank, m);
-    if (m->bytes != bytes) {  // refuse: both sides report the mismatch
-        m->expected_bytes = bytes;
-        m->done = 1;
-        size_t sent = m->bytes;
-        pthread_cond_broadcast(&w->cv);
-        pthread_mutex_unlock(&w->mu);
+    local_message *m = *p;
+    *p = m->next;
+    if (in->tail == &m->next) in->tail = p;
+    pthread_mutex_unlock(&w->mu);
+    if (m->bytes == bytes) {
+        memcpy(a->recv, m->data, bytes);
+    } else {
         char call[128];
         loom__comm_describe(a, call, sizeof call);
-        return loom__error(LOOM_ERR_INVALID, "%s on rank %d: expected %zu bytes but rank %d sent "
-                           "%zu with this tag; the lengths and dtypes must match", call, c->rank,
-                           bytes, a->peer, sent);
+        st = loom__error(LOOM_ERR_INVALID, "%s on rank %d: expected %zu bytes but rank %d sent "
+                         "%zu with this tag (the message is dropped); the lengths and dtypes "
+                         "must match", call, c->rank, bytes, a->peer, m->bytes);
     }
-    m->claimed = 1;
-    pthread_mutex_unlock(&w->mu);
-    memcpy(a->recv, m->data, bytes);
     pthread_mutex_lock(&w->mu);
-    m->expected_bytes = bytes;
-    m->done = 1;
-    pthread_cond_broadcast(&w->cv);
+    m = msg_recycle(w, m);
     pthread_mutex_unlock(&w->mu);
-    return LOOM_OK;
+    loom__free(m);
+    return st;
 }
 
 // ---- asynchronous all-reduce: a per-rank progress thread runs requests in issue order ----------

@@ -1,5 +1,8 @@
-// MPI transport: one process per rank over OpenMPI. Every call is a non-blocking MPI operation
-// polled against a deadline, so a rank that stops answering yields LOOM_ERR_COMM, not a hang.
+// MPI transport: one process per rank over OpenMPI. Every call but send is a non-blocking MPI
+// operation polled against a deadline, so a rank that stops answering yields LOOM_ERR_COMM, not
+// a hang. Sends are eager: they copy the message into a staging block, post MPI_Isend and
+// return; the block waits in the communicator's list of sends in flight until a later call on
+// it (or its destroy, which waits for them up to the timeout) finds the send complete.
 //
 // Notices. Each loom MPI communicator owns two duplicates of the MPI communicator: `data` for
 // the calls and `control` for notices, which ranks look for (MPI_Iprobe) while they poll.
@@ -12,9 +15,10 @@
 // a loom call on one of those communicators fails as soon as the notice arrives. Best effort:
 // delivery itself (if the network loses notices, the peers fail at their own timeout).
 // Limits: after LOOM_ERR_COMM, the MPI operation of the failed call stays pending (MPI cannot
-// cancel collectives), so its buffers must stay allocated until the process exits; and each
-// communicator's control duplicate (and a failed one's data duplicate) outlives its destroy,
-// until MPI_Finalize (see mpi_destroy).
+// cancel collectives), so its buffers must stay allocated until the process exits; a destroy
+// that gives up on sends in flight leaks their staging blocks (MPI may still read them); and
+// each communicator's control duplicate (and a failed one's data duplicate) outlives its
+// destroy, until MPI_Finalize (see mpi_destroy).
 
 #include "comm/comm-impl.h"
 #include "core/core.h"
@@ -65,11 +69,13 @@ typedef struct mpi_notice {
     char text[NOTICE_TEXT];
 } mpi_notice;
 
-// A notice on its way out (its buffer must live until MPI_Isend completes).
+// A message on its way out, a notice or an eager send's staged copy: MPI reads `payload` until
+// `request` completes, so the block lives until then (reap_outgoing frees it).
 typedef struct mpi_outgoing {
     struct mpi_outgoing *next;
     MPI_Request request;
-    mpi_notice notice;
+    loom_comm_args call;  // a send: the call it came from (op, peer, tag, seq), for messages
+    unsigned char payload[];
 } mpi_outgoing;
 
 // What each rank answered during a timeout census.
@@ -85,7 +91,8 @@ typedef struct mpi_comm_data {
     int tag_ub;
     loom_comm_failure failure;
     int notified;  // our FAILED notices went out (once)
-    mpi_outgoing *outgoing;
+    mpi_outgoing *notices;  // in flight on `control`
+    mpi_outgoing *sends;    // eager sends in flight on `data`
     census_entry *census;  // non-NULL while this rank runs a census
     uint64_t census_seq;
     struct mpi_comm_data *next;  // live list
@@ -125,36 +132,51 @@ static void mpi_error_text(int rc, char *buf, size_t cap) {
     snprintf(buf, cap, "MPI error %d: %s", rc, len ? text : "(no description)");
 }
 
-// Free the outgoing notices that have left. final: abandon the others (MPI_Request_free; their
-// small buffers are leaked, as MPI may still read them).
-static void reap_outgoing(mpi_comm_data *d, int final) {
-    for (mpi_outgoing **p = &d->outgoing; *p;) {
+// Free the blocks of `list` (d->notices or d->sends) whose send has completed. With `abandon`,
+// MPI_Request_free the others and leak their blocks, which MPI may still read. A send that MPI
+// reports failed is let go the same way and, for an eager send, poisons d. Returns how many
+// blocks remain in the list.
+static int reap_outgoing(mpi_comm_data *d, mpi_outgoing **list, int abandon) {
+    int left = 0;
+    for (mpi_outgoing **p = list; *p;) {
         mpi_outgoing *o = *p;
-        int done = 0;
-        if (MPI_Test(&o->request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) done = 0;
-        if (!done && final) MPI_Request_free(&o->request);
-        if (done || final) {
-            *p = o->next;
-            if (done) loom__free(o);
-        } else {
+        int done = 0, rc = MPI_Test(&o->request, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) {
+            if (list == &d->sends) {
+                char text[MPI_MAX_ERROR_STRING + 32];
+                mpi_error_text(rc, text, sizeof text);
+                loom__comm_failure_set(&d->failure, &o->call, "%s", text);
+            }
+            done = o->request == MPI_REQUEST_NULL;  // released by MPI: the block is ours
+        }
+        if (!done && !abandon && rc == MPI_SUCCESS) {
             p = &o->next;
+            left++;
+            continue;
+        }
+        *p = o->next;
+        if (done) {
+            loom__free(o);
+        } else {
+            MPI_Request_free(&o->request);  // o is leaked
         }
     }
+    return left;
 }
 
 // Send a notice to rank `to` (best effort: dropped when memory or MPI fails).
 static void post_notice(mpi_comm_data *d, int to, const mpi_notice *notice) {
-    reap_outgoing(d, 0);
-    mpi_outgoing *o = loom__malloc(sizeof *o);
+    reap_outgoing(d, &d->notices, 0);
+    mpi_outgoing *o = loom__malloc(sizeof *o + sizeof *notice);
     if (!o) return;
-    o->notice = *notice;
-    if (MPI_Isend(&o->notice, (int)sizeof o->notice, MPI_BYTE, to, NOTICE_TAG, d->control,
+    memcpy(o->payload, notice, sizeof *notice);
+    if (MPI_Isend(o->payload, (int)sizeof *notice, MPI_BYTE, to, NOTICE_TAG, d->control,
                   &o->request) != MPI_SUCCESS) {
         loom__free(o);
         return;
     }
-    o->next = d->outgoing;
-    d->outgoing = o;
+    o->next = d->notices;
+    d->notices = o;
 }
 
 static void post_to_all(mpi_comm_data *d, const mpi_notice *notice) {
@@ -309,11 +331,7 @@ static loom_status poll_request(loom_comm_t c, const loom_comm_args *a, MPI_Requ
             if (collective) {
                 LOOM_CHECK(timeout_census(c, a, req, status, &done));
                 if (done) return LOOM_OK;
-            } else if (a->op == LOOM_COMM_OP_SEND) {
-                loom__comm_failure_set(&d->failure, NULL, "rank %d did not receive from rank %d "
-                                       "(tag %d) within %.1f s", a->peer, c->rank, a->tag,
-                                       c->cfg.timeout_s);
-            } else {
+            } else {  // a receive (sends do not wait)
                 loom__comm_failure_set(&d->failure, NULL, "rank %d did not send to rank %d "
                                        "(tag %d) within %.1f s", a->peer, c->rank, a->tag,
                                        c->cfg.timeout_s);
@@ -340,12 +358,8 @@ static MPI_Datatype mpi_type(loom_dtype dtype) {
     }
 }
 
-// Start the MPI operation of `a`. *scratch: a buffer the operation writes instead of recv (the
-// result is copied out by finish_call), owned by the caller.
-static loom_status start_call(loom_comm_t c, const loom_comm_args *a, MPI_Request *req,
-                              void **scratch) {
-    mpi_comm_data *d = c->transport;
-    *scratch = NULL;
+// MPI counts are ints (all-to-all and all-gather buffers hold size of them).
+static loom_status check_count(loom_comm_t c, const loom_comm_args *a) {
     size_t limit = a->op == LOOM_COMM_OP_ALL_TO_ALL || a->op == LOOM_COMM_OP_ALL_GATHER
                        ? (size_t)INT_MAX / (size_t)c->size
                        : (size_t)INT_MAX;
@@ -356,6 +370,16 @@ static loom_status start_call(loom_comm_t c, const loom_comm_args *a, MPI_Reques
                            "counts; split the buffer into parts of at most %zu", call, c->rank,
                            a->count, limit);
     }
+    return LOOM_OK;
+}
+
+// Start the MPI operation of `a` (not a send). *scratch: a buffer the operation writes instead
+// of recv (the result is copied out by finish_call), owned by the caller.
+static loom_status start_call(loom_comm_t c, const loom_comm_args *a, MPI_Request *req,
+                              void **scratch) {
+    mpi_comm_data *d = c->transport;
+    *scratch = NULL;
+    LOOM_CHECK(check_count(c, a));
     int n = (int)a->count;
     size_t bytes = a->count * a->elem_size;
     MPI_Datatype type = mpi_type(a->dtype);
@@ -395,14 +419,11 @@ static loom_status start_call(loom_comm_t c, const loom_comm_args *a, MPI_Reques
     case LOOM_COMM_OP_BARRIER:
         rc = MPI_Ibarrier(d->data, req);
         break;
-    case LOOM_COMM_OP_SEND:
-        rc = MPI_Isend(in, n, type, a->peer, a->tag, d->data, req);
-        break;
     case LOOM_COMM_OP_RECV:
         rc = MPI_Irecv(out, n, type, a->peer, a->tag, d->data, req);
         break;
     default:
-        LOOM_ASSERT(0);  // split never comes here
+        LOOM_ASSERT(0);  // split and send never come here
     }
     if (rc != MPI_SUCCESS) {
         loom__free(*scratch);
@@ -432,6 +453,39 @@ static loom_status finish_call(loom_comm_t c, const loom_comm_args *a, void *scr
     return LOOM_OK;
 }
 
+// What every call on d does first: free the staging blocks of the eager sends that have
+// completed, and take delivered notices. Returns whether d is failed.
+static int enter_call(mpi_comm_data *d, const loom_comm_args *a) {
+    reap_outgoing(d, &d->sends, 0);
+    return receive_notices(d, a);
+}
+
+// Eager: MPI sends a staged copy, so the caller may reuse its buffer as soon as MPI_Isend is
+// posted; the block waits in d->sends until MPI is done with it.
+static loom_status send_eager(loom_comm_t c, const loom_comm_args *a) {
+    mpi_comm_data *d = c->transport;
+    LOOM_CHECK(check_count(c, a));
+    size_t bytes = a->count * a->elem_size;  // at most INT_MAX elements: no overflow below
+    mpi_outgoing *o = loom__malloc(sizeof *o + bytes);
+    if (!o) {
+        char call[128];
+        loom__comm_describe(a, call, sizeof call);
+        return loom__error(LOOM_ERR_NOMEM, "%s on rank %d: out of memory copying the %zu bytes "
+                           "of the message", call, c->rank, bytes);
+    }
+    o->call = (loom_comm_args){.op = a->op, .peer = a->peer, .tag = a->tag, .seq = a->seq};
+    memcpy(o->payload, a->send, bytes);
+    int rc = MPI_Isend(o->payload, (int)a->count, mpi_type(a->dtype), a->peer, a->tag, d->data,
+                       &o->request);
+    if (rc != MPI_SUCCESS) {
+        loom__free(o);
+        return fail_with_mpi_error(c, a, rc);
+    }
+    o->next = d->sends;
+    d->sends = o;
+    return LOOM_OK;
+}
+
 static loom_status mpi_run(loom_comm_t c, const loom_comm_args *a) {
     mpi_comm_data *d = c->transport;
     if (a->op == LOOM_COMM_OP_SEND || a->op == LOOM_COMM_OP_RECV) {
@@ -441,7 +495,8 @@ static loom_status mpi_run(loom_comm_t c, const loom_comm_args *a) {
                                a->tag, d->tag_ub);
         }
     }
-    if (receive_notices(d, a)) return loom__comm_failure_raise(c, a, &d->failure);
+    if (enter_call(d, a)) return loom__comm_failure_raise(c, a, &d->failure);
+    if (a->op == LOOM_COMM_OP_SEND) return send_eager(c, a);
     MPI_Request req = MPI_REQUEST_NULL;
     MPI_Status status;
     void *scratch = NULL;
@@ -454,7 +509,7 @@ static loom_status mpi_run(loom_comm_t c, const loom_comm_args *a) {
 static loom_status mpi_start_async(loom_comm_t c, const loom_comm_args *a,
                                    loom_comm_request_t *out) {
     mpi_comm_data *d = c->transport;
-    if (receive_notices(d, a)) return loom__comm_failure_raise(c, a, &d->failure);
+    if (enter_call(d, a)) return loom__comm_failure_raise(c, a, &d->failure);
     mpi_request *r = loom__calloc(1, sizeof *r);
     if (!r) return LOOM_ERR_NOMEM;
     r->base.comm = c;
@@ -472,7 +527,9 @@ static loom_status mpi_start_async(loom_comm_t c, const loom_comm_args *a,
 
 static loom_status mpi_wait(loom_comm_request_t base) {
     mpi_request *r = (mpi_request *)base;
+    mpi_comm_data *d = base->comm->transport;
     MPI_Status status;
+    reap_outgoing(d, &d->sends, 0);
     loom_status st = poll_request(base->comm, &r->args, &r->request, &status);
     loom__free(r);
     return st;
@@ -630,7 +687,7 @@ loom_status loom__comm_mpi_create(void *mpi_comm, const loom_comm_config *cfg, l
 static loom_status mpi_split(loom_comm_t c, const loom_comm_args *a, int color, int key,
                              loom_comm_t *out) {
     mpi_comm_data *d = c->transport;
-    if (receive_notices(d, a)) return loom__comm_failure_raise(c, a, &d->failure);
+    if (enter_call(d, a)) return loom__comm_failure_raise(c, a, &d->failure);
     MPI_Request req = MPI_REQUEST_NULL;
     int rc = MPI_Ibarrier(d->data, &req);
     if (rc != MPI_SUCCESS) return fail_with_mpi_error(c, a, rc);
@@ -652,16 +709,49 @@ static void mpi_abort(loom_comm_t c, const char *why) {
     pthread_mutex_unlock(&live_mu);
 }
 
+// At destroy, after waiting: give up on the eager sends still in flight, naming them in a
+// warning. Returns how many there were.
+static int abandon_sends(loom_comm_t c) {
+    mpi_comm_data *d = c->transport;
+    char calls[512] = "", call[128];
+    int n = 0;
+    for (const mpi_outgoing *o = d->sends; o; o = o->next, n++) {
+        loom__comm_describe(&o->call, call, sizeof call);
+        append(calls, sizeof calls, ", ", call);
+    }
+    if (n == 0) return 0;
+    char why[64];
+    if (d->failure.failed) {
+        snprintf(why, sizeof why, "the communicator failed");
+    } else {
+        snprintf(why, sizeof why, "not received within %.1f s", c->cfg.timeout_s);
+    }
+    loom__log(LOOM_LOG_WARN, "loom_comm_destroy on rank %d of %d (mpi): %d %s in flight, %s "
+              "(%s); leaking the staging copies, which MPI may still read", c->rank, c->size, n,
+              n > 1 ? "sends" : "send", why, calls);
+    reap_outgoing(d, &d->sends, 1);
+    return n;
+}
+
 static void mpi_destroy(loom_comm_t c) {
     mpi_comm_data *d = c->transport;
     receive_notices(d, NULL);
-    reap_outgoing(d, 1);
+    // A peer may not have taken our last (large) messages yet: wait for them, up to the
+    // timeout and unless the communicator fails meanwhile.
+    double start = now_s();
+    while (reap_outgoing(d, &d->sends, 0) > 0 && !receive_notices(d, NULL)) {
+        double t = now_s();
+        if (t - start > c->cfg.timeout_s) break;
+        poll_pause(t - start);
+    }
+    int abandoned = abandon_sends(c);
+    reap_outgoing(d, &d->notices, 1);
     // OpenMPI reuses the context id of a freed communicator, and a message that arrives for it
-    // later (a peer's late notice, a piece of a collective that failed here) would be taken for
-    // one of the next communicator's and break its ordering, hanging it. So the control
-    // duplicate, which peers may write to at any time, is kept until MPI_Finalize, and so is
-    // the data duplicate of a failed communicator.
-    if (!d->failure.failed) MPI_Comm_free(&d->data);
+    // later (a peer's late notice, a piece of a collective that failed here, an abandoned send)
+    // would be taken for one of the next communicator's and break its ordering, hanging it. So
+    // the control duplicate, which peers may write to at any time, is kept until MPI_Finalize,
+    // and so is the data duplicate of a failed communicator or of one with abandoned sends.
+    if (!d->failure.failed && !abandoned) MPI_Comm_free(&d->data);
     int finalize = live_remove(d);
     loom__free(d);
     if (finalize) finalize_if_ours();
