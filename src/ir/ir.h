@@ -143,5 +143,9 @@ loom_status loom__graph_backward_seeded(loom_graph_t g, loom_value loss, int n_s
 // Bytes of a value.
 size_t loom__value_bytes(const loom_graph *g, loom_value v);
 int64_t loom__value_numel(const loom_graph *g, loom_value v);
+// The module prefix of `path` that `pattern` names: the shortest prefix, on dot boundaries, that
+// the pattern suffix-matches (loom_module_matches), or for "layers" the first numbered component
+// ("h.3", "model.layers.3"). Writes it into buf (cap bytes); returns 0 when none.
+int loom__module_prefix(const char *path, const char *pattern, char *buf, size_t cap);
 
 #endif // LOOM_IR_IR_H

@@ -11,10 +11,9 @@
 #include <ctype.h>
 #include <string.h>
 
-// The module prefix of `path` that `pattern` names (the shortest prefix, on dot boundaries,
-// that it suffix-matches); "layers" names the first numbered component ("h.3",
-// "model.layers.3"). Writes it into buf; 0 when none.
-static int group_prefix(const char *path, const char *pattern, char *buf, size_t cap) {
+// Shared with the pipeline stage assignment (declared in ir.h), so that "layers" means the
+// same numbered prefixes for recomputation and for pipeline cuts.
+int loom__module_prefix(const char *path, const char *pattern, char *buf, size_t cap) {
     size_t n = strlen(path);
     for (size_t end = 0; end <= n; end++) {
         if (end < n && path[end] != '.') continue;
@@ -60,8 +59,8 @@ loom_status loom_graph_recompute(loom_graph_t g, const char *spec) {
             size_t len = strcspn(p, ",");
             snprintf(pattern, sizeof pattern, "%.*s", (int)len, p);
             p += len + (p[len] == ',');
-            if (!pattern[0] || !group_prefix(g->modules[g->nodes[i].module], pattern, prefix,
-                                              sizeof prefix))
+            if (!pattern[0] || !loom__module_prefix(g->modules[g->nodes[i].module], pattern,
+                                                    prefix, sizeof prefix))
                 continue;
             int k = 0;
             while (k < n_groups && strcmp(names[k], prefix) != 0) k++;
