@@ -108,10 +108,31 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
                              const loom_train_config *tc, loom_parallel_t *out);
 void loom_parallel_free(loom_parallel_t p);
 // One optimizer step. tokens, targets: (grad_accum, B, T) with B the global batch (tc->batch),
-// split over the units; B must divide by the number of units (and by the unit size under the
-// data policy).
+// split over the units and then into pipeline_nmicros micro-batches; B must divide by units x
+// pipeline_nmicros (and the micro-batch by the stage's devices under the data policy).
 loom_status loom_parallel_step(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
                                loom_step_stats *stats);
+// ---- end-to-end steps (nnScaler's end2end train_step / infer_step) ------------------------------
+
+// One micro-batch: loom_parallel_micro_rows(p) sequences of tc->seq tokens and targets (split
+// over the units, each unit a contiguous block of rows).
+typedef struct loom_sample {
+    const int32_t *tokens;
+    const int32_t *targets;   // -100: ignored
+} loom_sample;
+
+// Micro-batches one step runs (grad_accum x pipeline_nmicros), and the rows of one.
+int loom_parallel_micro_batches(loom_parallel_t p);
+int64_t loom_parallel_micro_rows(loom_parallel_t p);
+// One optimizer step over n <= loom_parallel_micro_batches(p) samples: the missing ones run as
+// dummy micro-batches that contribute nothing. The loss is the mean over the samples of each
+// sample's mean; losses (may be NULL) receives each sample's.
+loom_status loom_parallel_train_step(loom_parallel_t p, const loom_sample *samples, int n,
+                                     float *losses, loom_step_stats *stats);
+// Forward only over n samples (the infer_pipe schedule on pipelines): each sample's loss.
+loom_status loom_parallel_infer_step(loom_parallel_t p, const loom_sample *samples, int n,
+                                     float *losses);
+
 // Inference: the loss of one (B, T) batch under the current parameters, forward only (no
 // gradients, no update), averaged over the units like a step's.
 loom_status loom_parallel_eval(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
@@ -133,8 +154,8 @@ int64_t loom_parallel_steps_done(loom_parallel_t p);
 loom_status loom_parallel_write_trace(loom_parallel_t p, const char *path);
 // This process's first rank (0 with the local comm).
 int loom_parallel_rank(loom_parallel_t p);
-// Bytes a rank this process holds keeps: parameters, gradients, optimizer state, activations
-// (all zero for a rank held by another process).
+// Bytes a rank this process holds keeps, by category (loom_memory_stats: its measured peak;
+// all zero for a rank held by another process).
 loom_memory_stats loom_parallel_memory(loom_parallel_t p, int rank);
 int loom_parallel_nranks(loom_parallel_t p);
 // The device allocation: a table of modules x ranks (which share of each module's parameters a

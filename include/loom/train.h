@@ -73,8 +73,13 @@ loom_status loom_trainer_grad(loom_trainer_t t, const char *name, const float **
 // Logits (B, T, V) of the last micro-batch run (borrowed).
 const float *loom_trainer_logits(loom_trainer_t t);
 // Bytes planned for activations (the liveness arena), parameters, gradients, optimizer state.
+// The bytes a rank holds, by what they are for. The runtime allocates everything when it binds
+// a program and nothing while it steps, so these are its measured peak: parameters, their
+// gradients, optimizer state (its ZeRO share), activations (the liveness-planned arena of every
+// micro-batch in flight, activation gradients, and outputs kept after a run), inputs (the
+// micro-batches' token buffers) and buffers (kernel scratch and staging).
 typedef struct loom_memory_stats {
-    size_t activations, parameters, gradients, optimizer, inputs;
+    size_t activations, parameters, gradients, optimizer, inputs, buffers;
 } loom_memory_stats;
 loom_memory_stats loom_trainer_memory(loom_trainer_t t);
 // Per-op time table (needs cfg.profile), sorted by time.

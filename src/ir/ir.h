@@ -140,6 +140,10 @@ int loom__graph_push_node(loom_graph *g, const loom_node *n);
 // requires_grad get gradients like parameters. loom_graph_backward is the loss-only case.
 loom_status loom__graph_backward_seeded(loom_graph_t g, loom_value loss, int n_seeds,
                                         const loom_value *seeds);
+// loom_graph_recompute; require_match 0 accepts a spec naming no module of g (a pipeline
+// stage's part of a model the spec was checked against with loom__recompute_matches).
+loom_status loom__graph_recompute(loom_graph_t g, const char *spec, int require_match);
+int loom__recompute_matches(const loom_graph *g, const char *spec);
 // Bytes of a value.
 size_t loom__value_bytes(const loom_graph *g, loom_value v);
 int64_t loom__value_numel(const loom_graph *g, loom_value v);

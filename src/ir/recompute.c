@@ -34,6 +34,25 @@ int loom__module_prefix(const char *path, const char *pattern, char *buf, size_t
 }
 
 loom_status loom_graph_recompute(loom_graph_t g, const char *spec) {
+    return loom__graph_recompute(g, spec, 1);
+}
+
+int loom__recompute_matches(const loom_graph *g, const char *spec) {
+    char prefix[256], pattern[256];
+    for (int i = 0; i < g->n_nodes; i++) {
+        for (const char *p = spec; p && *p;) {
+            size_t len = strcspn(p, ",");
+            snprintf(pattern, sizeof pattern, "%.*s", (int)len, p);
+            p += len + (p[len] == ',');
+            if (pattern[0] && loom__module_prefix(g->modules[g->nodes[i].module], pattern, prefix,
+                                                  sizeof prefix))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+loom_status loom__graph_recompute(loom_graph_t g, const char *spec, int require_match) {
     if (g->status) return g->status;
     if (!g->has_backward)
         return loom__error(LOOM_ERR_INVALID, "recompute: the graph has no backward pass yet");
@@ -69,6 +88,7 @@ loom_status loom_graph_recompute(loom_graph_t g, const char *spec) {
             matched_any = 1;
         }
     }
+    if (!matched_any && !require_match) goto done;  // a pipeline stage without such modules
     if (!matched_any) {
         st = loom__error(LOOM_ERR_INVALID, "recompute '%s' names no module of this model (module "
                          "names match path suffixes, e.g. 'attn' or 'h.3'; 'layers' means every "

@@ -305,7 +305,7 @@ loom_status loom__lower(const loom_graph *g, const loom_lower_options *opt, loom
     p->graph = g;
     p->train = opt->train;
     p->pipelined = opt->pipe != NULL;
-    p->micro_batches = opt->train || opt->pipe ? opt->micro_batches : 1;
+    p->micro_batches = opt->micro_batches;
     p->seed = opt->seed > 0 ? opt->seed : 1.0f / (float)p->micro_batches;
     p->loss = g->loss;
     loom_status st = LOOM_OK;

@@ -20,10 +20,23 @@ typedef struct local_version {
     loom_value value;
 } local_version;
 
+// A boundary value: produced on pipeline rank `from` (in `stage`), read on `to` (first in
+// `to_stage`). Numbered in global value order, so every rank agrees on the tags.
+typedef struct edge {
+    loom_value value;
+    int from, to, stage, to_stage;
+} edge;
+
 typedef struct pass {
     const loom_graph *g;
     const loom_plan *plan;
     int rank, parts;
+    int pipe_rank, pipe_ranks;
+    bool *needs_grad;                      // global value: its gradient reaches a parameter
+    uint64_t *readers;                     // global value: bit r, pipeline rank r reads it
+    edge *edges;
+    int n_edges;
+    int cap_sends, cap_recvs;
     loom_graph_t lg;
     int *n_versions;                       // per global value
     local_version (*versions)[MAX_VERSIONS];
@@ -31,6 +44,25 @@ typedef struct pass {
     loom_local_graph *out;
     int cap_leaves;
 } pass;
+
+static int stage_of(const pass *ps, int node) {
+    return ps->plan->stage_of ? ps->plan->stage_of[node] : 0;
+}
+
+static int rank_of_stage(const pass *ps, int stage) { return stage % ps->pipe_ranks; }
+
+static loom_status add_edge_record(loom_pipe_edge **list, int *n, int *cap,
+                                   const loom_pipe_edge *e) {
+    if (*n == *cap) {
+        int c = *cap ? 2 * *cap : 16;
+        loom_pipe_edge *l = loom__realloc(*list, (size_t)c * sizeof *l);
+        if (!l) return LOOM_ERR_NOMEM;
+        *list = l;
+        *cap = c;
+    }
+    (*list)[(*n)++] = *e;
+    return LOOM_OK;
+}
 
 static int same_place(const loom_placement *a, const loom_placement *b) {
     if (a->kind != b->kind) return 0;
@@ -59,7 +91,7 @@ static loom_status add_leaf_record(pass *ps, loom_value global, loom_value local
         o->leaves = l;
         ps->cap_leaves = cap;
     }
-    o->leaves[o->n_leaves++] = (loom_local_leaf){global, local, *p};
+    o->leaves[o->n_leaves++] = (loom_local_leaf){global, local, *p, ps->readers[global]};
     return LOOM_OK;
 }
 
@@ -86,6 +118,28 @@ static loom_value make_leaf(pass *ps, loom_value global, const loom_placement *p
     return v;
 }
 
+// The edge carrying `global` from its producer's rank to `to`, and its index (the tag).
+static int find_edge(const pass *ps, loom_value global, int to) {
+    for (int k = 0; k < ps->n_edges; k++)
+        if (ps->edges[k].value == global && ps->edges[k].to == to) return k;
+    return -1;
+}
+
+// A boundary input: the value of another pipeline rank's stage, received whole.
+static loom_value receive_boundary(pass *ps, loom_value global) {
+    const loom_value_info *vi = &ps->g->values[global];
+    int k = find_edge(ps, global, ps->pipe_rank);
+    LOOM_ASSERT(k >= 0);
+    loom_value v = loom_graph_input(ps->lg, vi->name, vi->dtype, vi->ndim, vi->shape);
+    if (v == LOOM_NONE) return LOOM_NONE;
+    ps->lg->values[v].requires_grad = ps->needs_grad[global];
+    loom_pipe_edge e = {v, ps->edges[k].to_stage, ps->edges[k].from, k, ps->needs_grad[global]};
+    if (add_edge_record(&ps->out->recvs, &ps->out->n_recvs, &ps->cap_recvs, &e) < 0)
+        return loom__graph_fail(ps->lg, LOOM_ERR_NOMEM);
+    remember(ps, global, &loom__replicated, v);
+    return v;
+}
+
 static loom_value comm_op(pass *ps, loom_op op, loom_value x, const loom_placement *p,
                           float scale) {
     int64_t ai[4] = {p ? p->dim : 0, p ? p->chunks : 1, ps->parts, 0};
@@ -100,10 +154,13 @@ static loom_value get_local(pass *ps, loom_value global, const loom_placement *w
     int n = ps->n_versions[global];
     for (int k = 0; k < n; k++)
         if (same_place(&ps->versions[global][k].place, want)) return ps->versions[global][k].value;
-    if (n == 0) {
-        LOOM_ASSERT(ps->g->values[global].producer < 0);  // forward values are made in order
-        return make_leaf(ps, global, want);
+    if (n == 0 && ps->g->values[global].producer >= 0) {
+        // Made by another pipeline rank's stage: it arrives (replicated) before this stage runs.
+        LOOM_ASSERT(ps->plan->stage_of);  // else forward values are made in order
+        if (receive_boundary(ps, global) == LOOM_NONE) return LOOM_NONE;
+        n = ps->n_versions[global];
     }
+    if (n == 0) return make_leaf(ps, global, want);
     local_version cur = ps->versions[global][0];
     loom_value v = cur.value;
     if (ps->g->values[global].dtype != LOOM_DTYPE_F32) {
@@ -224,17 +281,80 @@ static loom_status lower_node(pass *ps, int idx) {
         remember(ps, n->out[o], &out_p[o], out[o]);
         if (g->values[n->out[o]].is_output) loom_graph_mark_output(ps->lg, out[o]);
     }
+    // Outputs other pipeline ranks read leave whole (replicated) after their producer.
+    int grads = 0;
+    for (int k = 0; k < ps->n_edges; k++) {
+        const edge *e = &ps->edges[k];
+        if (g->values[e->value].producer != idx) continue;
+        loom_value v = get_local(ps, e->value, &loom__replicated);
+        if (v == LOOM_NONE) return loom_graph_status(ps->lg);
+        bool grad = ps->needs_grad[e->value];
+        if (grad && grads++)
+            return loom__error(LOOM_ERR_UNSUPPORTED, "pipeline: '%s' (module '%s') is read by "
+                               "stages on several pipeline ranks; their gradients cannot flow "
+                               "back to one producer yet: move the stage boundaries",
+                               g->values[e->value].name, g->modules[n->module]);
+        loom_pipe_edge pe = {v, e->stage, e->to, k, grad};
+        LOOM_CHECK(add_edge_record(&ps->out->sends, &ps->out->n_sends, &ps->cap_sends, &pe));
+    }
+    return LOOM_OK;
+}
+
+// Which values cross between pipeline ranks, which pipeline ranks read each value, and which
+// values' gradients reach a parameter (those gradients flow back across the boundaries).
+static loom_status find_boundaries(pass *ps, loom_value loss) {
+    const loom_graph *g = ps->g;
+    for (int i = 0; i < g->n_nodes; i++) {
+        const loom_node *n = &g->nodes[i];
+        for (int k = 0; k < n->n_in; k++)
+            ps->readers[n->in[k]] |= 1ull << rank_of_stage(ps, stage_of(ps, i));
+    }
+    if (loss >= 0) ps->needs_grad[loss] = ps->requires[loss];
+    for (int i = g->n_nodes - 1; i >= 0; i--) {
+        const loom_node *n = &g->nodes[i];
+        bool any = false;
+        for (int o = 0; o < n->n_out; o++) any |= ps->needs_grad[n->out[o]];
+        if (!any) continue;
+        for (int k = 0; k < n->n_in; k++)
+            if (ps->requires[n->in[k]] && (loom__op_def(n->op)->grad_inputs >> k & 1))
+                ps->needs_grad[n->in[k]] = true;
+    }
+    if (!ps->plan->stage_of) return LOOM_OK;
+    for (int v = 0; v < g->n_values; v++) {
+        int producer = g->values[v].producer;
+        if (producer < 0) continue;
+        int from_stage = stage_of(ps, producer), from = rank_of_stage(ps, from_stage);
+        for (int to = 0; to < ps->pipe_ranks; to++) {
+            if (to == from) continue;
+            int first = -1;  // the first stage of rank `to` that reads v
+            for (int i = producer + 1; i < g->n_nodes && first < 0; i++) {
+                int s = stage_of(ps, i);
+                if (rank_of_stage(ps, s) != to) continue;
+                for (int k = 0; k < g->nodes[i].n_in; k++)
+                    if (g->nodes[i].in[k] == v) first = s;
+            }
+            if (first < 0) continue;
+            edge *grown = loom__realloc(ps->edges, (size_t)(ps->n_edges + 1) * sizeof *grown);
+            if (!grown) return LOOM_ERR_NOMEM;
+            ps->edges = grown;
+            ps->edges[ps->n_edges++] = (edge){v, from, to, from_stage, first};
+        }
+    }
     return LOOM_OK;
 }
 
 loom_status loom__parallelize(const loom_graph *global, loom_value loss, const loom_plan *plan,
-                              int rank, loom_local_graph *out) {
+                              int rank, int pipe_rank, loom_local_graph *out) {
     memset(out, 0, sizeof *out);
     out->loss = -1;
     if (global->has_backward)
         return loom__error(LOOM_ERR_INVALID, "parallelize: give the forward graph (the local "
                            "graphs get their own backward)");
-    pass ps = {.g = global, .plan = plan, .rank = rank, .parts = plan->parts, .out = out};
+    pass ps = {.g = global, .plan = plan, .rank = rank, .parts = plan->parts, .out = out,
+               .pipe_rank = pipe_rank, .pipe_ranks = plan->pipe_ranks > 0 ? plan->pipe_ranks : 1};
+    if (ps.pipe_ranks > 64)
+        return loom__error(LOOM_ERR_UNSUPPORTED, "at most 64 pipeline ranks (got %d)",
+                           ps.pipe_ranks);
     loom_status st = loom_graph_create(&ps.lg);
     if (st < 0) return st;
     out->graph = ps.lg;
@@ -242,7 +362,9 @@ loom_status loom__parallelize(const loom_graph *global, loom_value loss, const l
     ps.n_versions = loom__calloc(nv, sizeof(int));
     ps.versions = loom__calloc(nv, sizeof *ps.versions);
     ps.requires = loom__calloc(nv, sizeof(bool));
-    if (!ps.n_versions || !ps.versions || !ps.requires) {
+    ps.needs_grad = loom__calloc(nv, sizeof(bool));
+    ps.readers = loom__calloc(nv, sizeof(uint64_t));
+    if (!ps.n_versions || !ps.versions || !ps.requires || !ps.needs_grad || !ps.readers) {
         st = LOOM_ERR_NOMEM;
         goto done;
     }
@@ -254,24 +376,45 @@ loom_status loom__parallelize(const loom_graph *global, loom_value loss, const l
             any |= ps.requires[n->in[k]] && (loom__op_def(n->op)->grad_inputs >> k & 1);
         for (int o = 0; o < n->n_out; o++) ps.requires[n->out[o]] = any;
     }
+    st = find_boundaries(&ps, loss);
     for (int i = 0; i < global->n_nodes && st == 0; i++) {
-        // Local nodes (and their comm ops) carry the global node's module path.
+        if (rank_of_stage(&ps, stage_of(&ps, i)) != pipe_rank) continue;
+        // Local nodes (and their comm ops) carry the global node's module path and stage.
+        ps.lg->current_stage = stage_of(&ps, i);
         loom_graph_push_scope(ps.lg, global->modules[global->nodes[i].module]);
         st = lower_node(&ps, i);
         loom_graph_pop_scope(ps.lg);
         if (st == 0) st = loom_graph_status(ps.lg);
     }
-    if (st == 0 && loss >= 0) {
+    bool has_loss = loss >= 0 && rank_of_stage(&ps, stage_of(&ps, global->values[loss].producer)) ==
+                                     pipe_rank;
+    if (st == 0 && has_loss) {
+        ps.lg->current_stage = stage_of(&ps, global->values[loss].producer);
         out->loss = get_local(&ps, loss, &loom__replicated);
         loom_graph_mark_output(ps.lg, out->loss);
         st = loom_graph_status(ps.lg);
-        if (st == 0) st = loom_graph_backward(ps.lg, out->loss);
     }
-    if (st < 0) loom__error_prefix("rank %d of %d", rank, plan->parts);
+    if (st == 0 && loss >= 0) {
+        loom_value *seeds = loom__malloc((size_t)(out->n_sends + 1) * sizeof *seeds);
+        int n_seeds = 0;
+        if (!seeds) st = LOOM_ERR_NOMEM;
+        for (int k = 0; st == 0 && k < out->n_sends; k++)
+            if (out->sends[k].grad) seeds[n_seeds++] = out->sends[k].value;
+        if (st == 0) st = loom__graph_backward_seeded(ps.lg, out->loss, n_seeds, seeds);
+        loom__free(seeds);
+    }
+    if (st < 0) {
+        if (ps.pipe_ranks > 1) loom__error_prefix("pipeline rank %d, rank %d of %d", pipe_rank,
+                                                  rank, plan->parts);
+        else loom__error_prefix("rank %d of %d", rank, plan->parts);
+    }
 done:
     loom__free(ps.n_versions);
     loom__free(ps.versions);
     loom__free(ps.requires);
+    loom__free(ps.needs_grad);
+    loom__free(ps.readers);
+    loom__free(ps.edges);
     if (st < 0) loom__local_graph_free(out);
     return st;
 }
@@ -279,6 +422,8 @@ done:
 void loom__local_graph_free(loom_local_graph *lg) {
     loom_graph_destroy(lg->graph);
     loom__free(lg->leaves);
+    loom__free(lg->sends);
+    loom__free(lg->recvs);
     memset(lg, 0, sizeof *lg);
     lg->loss = -1;
 }

@@ -6,6 +6,7 @@
 
 #include "ir/annotation.h"
 #include "ir/ir.h"
+#include "lower/program.h"
 #include "loom/constraints.h"
 #include "loom/model.h"
 #include "loom/parallel.h"
@@ -65,15 +66,20 @@ int loom__strategy_find_id(const loom_node *n, const char *name);
 typedef loom_policy loom_policy_kind;
 
 typedef struct loom_plan {
-    int parts;                 // devices in the unit (plan_ndevices)
+    int parts;                 // devices splitting each op (a stage's tensor-parallel group)
     loom_constraints_t constraints;  // borrowed; NULL: none
     loom_policy_kind policy;
     int n_nodes;               // forward nodes of the global graph
     loom_strategy *strategy;   // per global node
+    // Pipelines: pipe_ranks x chunks virtual stages; stage_of[node] (NULL: one stage). Virtual
+    // stage s runs on pipeline rank s % pipe_ranks.
+    int pipe_ranks, chunks;
+    int32_t *stage_of;
 } loom_plan;
 
-// Build a plan for `g` (forward nodes) with `parts` devices per unit. `cfg` (the model's config;
-// may be NULL except for tp) selects the family's tensor-parallel policy table.
+// Build a plan for `g` (forward nodes) with `parts` devices per stage (the unit's devices over
+// cc->pipeline_nstages). `cfg` (the model's config; may be NULL except for tp and hybrid)
+// selects the family's tensor-parallel policy table; pipeline stages follow cc's pipeline_*.
 loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc, int parts,
                               const loom_model_config *cfg, loom_plan *plan);
 void loom__plan_free(loom_plan *plan);
@@ -100,20 +106,26 @@ void loom__plan_file_free(loom_plan_file *f);
 typedef struct loom_local_leaf {
     loom_value global, local;
     loom_placement place;
+    uint64_t pipe_ranks;       // bit r: pipeline rank r reads it too (tied parameters)
 } loom_local_leaf;
 
 typedef struct loom_local_graph {
     loom_graph_t graph;        // the rank's local forward + backward graph
-    loom_value loss;           // local loss (replicated), -1 when none
+    loom_value loss;           // local loss (replicated), -1 when none (or another stage's)
     int n_leaves;
     loom_local_leaf *leaves;   // parameters and inputs
+    // Pipelines: boundary values exchanged with the other pipeline ranks (replicated here).
+    int n_sends, n_recvs;
+    loom_pipe_edge *sends, *recvs;
 } loom_local_graph;
 
-// Rank `rank` of the unit's local graph: local shapes, localized attributes, and the
-// redistributions (comm ops) the placements need; then its backward. `global` must be a
-// forward graph (no backward) whose loss is `loss` (or -1 for inference).
+// The local graph of tensor-parallel rank `rank` of pipeline rank `pipe_rank`: the nodes of
+// its stages with local shapes, localized attributes, and the redistributions (comm ops) the
+// placements need; boundary values from other stages as inputs; then its backward, seeded by
+// the loss and the boundary outputs. `global` must be a forward graph (no backward) whose loss
+// is `loss` (or -1 for inference).
 loom_status loom__parallelize(const loom_graph *global, loom_value loss, const loom_plan *plan,
-                              int rank, loom_local_graph *out);
+                              int rank, int pipe_rank, loom_local_graph *out);
 void loom__local_graph_free(loom_local_graph *lg);
 
 #endif // LOOM_PLAN_PLAN_H

@@ -2,6 +2,7 @@
 // (Megatron layout from the model family's policy table). Each assigns a strategy per node.
 
 #include "plan/plan.h"
+#include "plan/stages.h"
 
 #include "core/core.h"
 #include "models/family.h"
@@ -95,7 +96,10 @@ static loom_status custom_strategy(const loom_graph *g, const loom_node *n, int 
 loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc, int parts,
                               const loom_model_config *cfg, loom_plan *plan) {
     memset(plan, 0, sizeof *plan);
-    loom_policy_kind policy = cc->policy;
+    // Inside a stage, pp replicates every op and hybrid splits them as tp does.
+    loom_policy_kind policy = cc->policy == LOOM_POLICY_PP       ? LOOM_POLICY_DP
+                              : cc->policy == LOOM_POLICY_HYBRID ? LOOM_POLICY_TP
+                                                                 : cc->policy;
     if (parts < 1) return loom__error(LOOM_ERR_INVALID, "plan: %d devices per unit", parts);
     if (policy == LOOM_POLICY_CUSTOM && !cc->policy_fn)
         return loom__error(LOOM_ERR_INVALID, "the custom policy needs a policy_fn");
@@ -106,6 +110,18 @@ loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc
     plan->n_nodes = g->n_nodes;
     plan->strategy = loom__malloc((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof(loom_strategy));
     if (!plan->strategy) return LOOM_ERR_NOMEM;
+    plan->pipe_ranks = cc->pipeline_nstages > 1 ? cc->pipeline_nstages : 1;
+    plan->chunks = cc->pipeline_nchunks > 0                                 ? cc->pipeline_nchunks
+                   : cc->pipeline_scheduler == LOOM_SCHEDULE_1F1B_INTERLEAVED ? 2
+                                                                            : 1;
+    if (plan->pipe_ranks * plan->chunks > 1) {
+        plan->stage_of = loom__malloc((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof(int32_t));
+        if (!plan->stage_of) return loom__plan_free(plan), LOOM_ERR_NOMEM;
+        loom_stage_options so = {plan->pipe_ranks * plan->chunks, cc->pipeline_pivots,
+                                 cc->pipeline_layers};
+        loom_status st = loom__stages_assign(g, &so, plan->stage_of);
+        if (st < 0) return loom__plan_free(plan), st;
+    }
     const loom_tp_rule *rules = cfg ? loom__family(cfg->family)->tp_rules : NULL;
     if (policy == LOOM_POLICY_TP && !rules)
         return loom__plan_free(plan), loom__error(LOOM_ERR_UNSUPPORTED,
@@ -163,5 +179,7 @@ loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc
 
 void loom__plan_free(loom_plan *plan) {
     loom__free(plan->strategy);
+    loom__free(plan->stage_of);
     plan->strategy = NULL;
+    plan->stage_of = NULL;
 }

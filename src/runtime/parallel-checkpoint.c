@@ -80,21 +80,22 @@ static void list_free(shard_list *l) {
 
 // One tensor (a parameter or a moment, `local` its rank-local data) into the rank's shard list.
 // Contiguous shards go as blocks; replicated tensors and fused-chunk shards are written whole
-// by the unit's first rank (fused shards are gathered first: the format holds blocks).
+// by the stage's first rank (fused shards are gathered first: the format holds blocks). A tied
+// parameter is written by the first pipeline rank holding it.
 static loom_status add_tensor(rank_state *rs, shard_list *l, const loom_local_leaf *leaf,
                               const char *prefix, const float *local) {
     const loom_value_info *gv = &rs->par->global->values[leaf->global];
     int64_t offset[LOOM_MAX_DIMS], shape[LOOM_MAX_DIMS];
+    int owner = loom__leaf_owner(rs, leaf);
     if (loom__shard_block(rs, leaf, offset, shape))
-        return list_add(l, prefix, gv->name, gv, offset, shape, local, NULL);
-    if (leaf->place.kind != LOOM_PLACE_SHARD) {
-        if (rs->index != 0) return LOOM_OK;
-        return list_add(l, prefix, gv->name, gv, offset, shape, local, NULL);
-    }
+        return owner ? list_add(l, prefix, gv->name, gv, offset, shape, local, NULL) : LOOM_OK;
+    if (leaf->place.kind != LOOM_PLACE_SHARD)
+        return owner ? list_add(l, prefix, gv->name, gv, offset, shape, local, NULL) : LOOM_OK;
+    if (!owner) return LOOM_OK;  // every rank of the stage agrees: all gather or none
     float *full = loom__malloc((size_t)loom__value_numel(rs->par->global, leaf->global) * sizeof(float));
     if (!full) return LOOM_ERR_NOMEM;
     loom_status st = loom__gather_full(rs, leaf, local, full);
-    if (st == 0 && rs->index == 0) return list_add(l, prefix, gv->name, gv, offset, shape, full, full);
+    if (st == 0 && rs->tp_index == 0) return list_add(l, prefix, gv->name, gv, offset, shape, full, full);
     loom__free(full);
     return st;
 }
@@ -162,8 +163,8 @@ static loom_status read_tensor(rank_state *rs, loom_checkpoint_t ck, const loom_
     loom_status st = loom_checkpoint_read(ck, name, gv->ndim, offset, shape, full);
     if (st == 0) {
         loom_shard_layout lay = loom__shard_layout(gv->ndim, gv->shape, pl->dim, pl->chunks,
-                                                   rs->par->parts);
-        loom__shard_copy(&lay, rs->index, local, full, 1, 0);
+                                                   rs->par->tp);
+        loom__shard_copy(&lay, rs->tp_index, local, full, 1, 0);
     }
     loom__free(full);
     return st;

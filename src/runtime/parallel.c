@@ -127,28 +127,35 @@ static void load_params(rank_state *rs) {
         float *local = rs->runner->ptr[leaf->local];
         if (leaf->place.kind == LOOM_PLACE_SHARD) {
             loom_shard_layout l = loom__shard_layout(gv->ndim, gv->shape, leaf->place.dim,
-                                                     leaf->place.chunks, p->parts);
-            loom__shard_copy(&l, rs->index, local, full, 1, 0);
+                                                     leaf->place.chunks, p->tp);
+            loom__shard_copy(&l, rs->tp_index, local, full, 1, 0);
         } else {
             memcpy(local, full, loom__value_bytes(lg, leaf->local));
         }
     }
 }
 
-// Merge the unit-0 ranks' shards into the model's full tensors (on the process holding rank 0;
-// collective over unit 0).
+static int first_rank(uint64_t set);
+
+int loom__leaf_owner(const rank_state *rs, const loom_local_leaf *leaf) {
+    if (first_rank(leaf->pipe_ranks) != rs->pipe_rank) return 0;
+    return leaf->place.kind == LOOM_PLACE_SHARD || rs->tp_index == 0;
+}
+
+// The full tensor of a parameter-shaped value from the stage's shards of it (`local` on each
+// rank): collective over the stage; its first rank receives it in `full`.
 loom_status loom__gather_full(rank_state *rs, const loom_local_leaf *leaf, const float *local,
                               float *full) {
     const loom_value_info *gv = &rs->par->global->values[leaf->global];
-    int64_t n = loom__value_numel(rs->lg.graph, leaf->local), parts = rs->par->parts;
+    int64_t n = loom__value_numel(rs->lg.graph, leaf->local), parts = rs->par->tp;
     if (leaf->place.kind != LOOM_PLACE_SHARD) {
-        if (rs->index == 0) memcpy(full, local, (size_t)n * sizeof(float));
+        if (rs->tp_index == 0) memcpy(full, local, (size_t)n * sizeof(float));
         return LOOM_OK;
     }
     float *staged = loom__malloc((size_t)(n * parts) * sizeof(float));
     if (!staged) return LOOM_ERR_NOMEM;
-    loom_status st = loom_comm_all_gather(rs->unit_comm, local, staged, (size_t)n, LOOM_DTYPE_F32);
-    if (st == 0 && rs->index == 0) {
+    loom_status st = loom_comm_all_gather(rs->tp_comm, local, staged, (size_t)n, LOOM_DTYPE_F32);
+    if (st == 0 && rs->tp_index == 0) {
         loom_shard_layout l = loom__shard_layout(gv->ndim, gv->shape, leaf->place.dim,
                                                  leaf->place.chunks, (int)parts);
         for (int r = 0; r < parts; r++) loom__shard_copy(&l, r, staged + r * n, full, 0, 0);
@@ -164,36 +171,149 @@ int loom__shard_block(const rank_state *rs, const loom_local_leaf *leaf, int64_t
     memcpy(shape, gv->shape, sizeof gv->shape);
     const loom_placement *pl = &leaf->place;
     if (pl->kind != LOOM_PLACE_SHARD || pl->chunks != 1) return 0;
-    shape[pl->dim] /= rs->par->parts;
-    offset[pl->dim] = rs->index * shape[pl->dim];
+    shape[pl->dim] /= rs->par->tp;
+    offset[pl->dim] = rs->tp_index * shape[pl->dim];
     return 1;
 }
 
+// The first pipeline rank in a set of them.
+static int first_rank(uint64_t set) {
+    int r = 0;
+    while (r < 63 && !(set >> r & 1)) r++;
+    return r;
+}
+
+// Merge unit 0's shards into the model's full tensors on the process of rank 0: each stage
+// gathers its parameters on its first rank, which sends rank 0 those it does not hold.
 static loom_status rank_merge(rank_state *rs) {
     loom_parallel_t p = rs->par;
     if (rs->unit != 0) return LOOM_OK;
     loom_status st = LOOM_OK;
-    for (int i = 0; i < rs->lg.n_leaves && st == 0; i++) {
-        const loom_local_leaf *leaf = &rs->lg.leaves[i];
-        const loom_value_info *gv = &p->global->values[leaf->global];
-        if (gv->role != LOOM_ROLE_PARAM) continue;
+    float *staged = NULL;
+    size_t staged_n = 0;
+    for (int v = 0; v < p->global->n_values && st == 0; v++) {
+        const loom_value_info *gv = &p->global->values[v];
+        if (gv->role != LOOM_ROLE_PARAM || !p->param_holders[v]) continue;
+        int owner = first_rank(p->param_holders[v]);
         float *full = NULL;
         LOOM_ASSERT(loom_model_tensor(p->model, gv->name, &full, NULL) == 0);
-        st = loom__gather_full(rs, leaf, rs->runner->ptr[leaf->local], full);
+        size_t n = (size_t)loom__value_numel(p->global, v);
+        if (rs->pipe_rank == owner) {
+            const loom_local_leaf *leaf = find_leaf(rs, v);
+            LOOM_ASSERT(leaf);
+            float *dst = full;
+            if (owner != 0 && rs->tp_index == 0) {
+                if (staged_n < n) {
+                    loom__free(staged);
+                    staged = loom__malloc(n * sizeof(float));
+                    staged_n = staged ? n : 0;
+                    if (!staged) return LOOM_ERR_NOMEM;
+                }
+                dst = staged;
+            }
+            st = loom__gather_full(rs, leaf, rs->runner->ptr[leaf->local], dst);
+            if (st == 0 && owner != 0 && rs->tp_index == 0)
+                st = loom_comm_send(rs->world, dst, n, LOOM_DTYPE_F32, 0, v);
+        } else if (owner != 0 && rs->rank == 0) {
+            st = loom_comm_recv(rs->world, full, n, LOOM_DTYPE_F32, owner * p->tp, v);
+        }
     }
+    loom__free(staged);
     return st;
+}
+
+// Communicators of the rank: its unit, stage (tensor parallel), pipeline, data-parallel group,
+// and one per set of pipeline ranks sharing parameters (tied embeddings).
+static loom_status split_comms(rank_state *rs) {
+    loom_parallel_t p = rs->par;
+    LOOM_CHECK(loom_comm_split(rs->world, rs->unit, rs->index, &rs->unit_comm));
+    LOOM_CHECK(loom_comm_split(rs->world, rs->unit * p->pp + rs->pipe_rank, rs->tp_index,
+                               &rs->tp_comm));
+    LOOM_CHECK(loom_comm_split(rs->world, rs->unit * p->tp + rs->tp_index, rs->pipe_rank,
+                               &rs->pipe_comm));
+    LOOM_CHECK(loom_comm_split(rs->world, rs->index, rs->unit, &rs->dp_comm));
+    rs->tied_comms = loom__calloc((size_t)(p->n_tied_sets ? p->n_tied_sets : 1), sizeof(loom_comm_t));
+    if (!rs->tied_comms) return LOOM_ERR_NOMEM;
+    rs->n_tied_groups = p->n_tied_sets;
+    for (int k = 0; k < p->n_tied_sets; k++) {
+        int member = p->tied_sets[k] >> rs->pipe_rank & 1;
+        LOOM_CHECK(loom_comm_split(rs->world, member ? rs->unit * p->tp + rs->tp_index : -1,
+                                   rs->pipe_rank, &rs->tied_comms[k]));
+    }
+    return LOOM_OK;
+}
+
+// The rank's pipeline program description: its schedule, boundary traffic and tied parameters.
+static loom_status pipe_program(rank_state *rs, loom_schedule kind, int micros,
+                                loom_pipe_program *pp, loom_pipe_action **actions,
+                                loom_value **tied, int **groups) {
+    loom_parallel_t p = rs->par;
+    *tied = NULL, *groups = NULL;
+    LOOM_CHECK(loom__schedule_actions(kind, p->pp, p->plan.chunks, micros, rs->pipe_rank,
+                                      actions, &pp->n_actions));
+    pp->actions = *actions;
+    pp->rank = rs->pipe_rank;
+    pp->ranks = p->pp;
+    pp->n_sends = rs->lg.n_sends, pp->sends = rs->lg.sends;
+    pp->n_recvs = rs->lg.n_recvs, pp->recvs = rs->lg.recvs;
+    *tied = loom__malloc((size_t)(rs->lg.n_leaves + 1) * sizeof(loom_value));
+    *groups = loom__malloc((size_t)(rs->lg.n_leaves + 1) * sizeof(int));
+    if (!*tied || !*groups) return LOOM_ERR_NOMEM;
+    pp->n_tied = 0;
+    for (int i = 0; i < rs->lg.n_leaves; i++) {
+        const loom_local_leaf *leaf = &rs->lg.leaves[i];
+        if (p->global->values[leaf->global].role != LOOM_ROLE_PARAM) continue;
+        for (int k = 0; k < p->n_tied_sets; k++) {
+            if (p->tied_sets[k] != leaf->pipe_ranks) continue;
+            (*tied)[pp->n_tied] = leaf->local;
+            (*groups)[pp->n_tied++] = k;
+        }
+    }
+    pp->tied = *tied, pp->tied_group = *groups;
+    return LOOM_OK;
+}
+
+// Lower the rank's local graph: training (train = 1) or forward only over `micros`
+// micro-batches, under the pipeline schedule when there is one.
+static loom_status lower_rank(rank_state *rs, int train, int micros, loom_program **prog) {
+    loom_parallel_t p = rs->par;
+    loom_lower_options lo = {.train = train, .micro_batches = micros,
+                             .dp_sync = train && p->units > 1, .seed = 1.0f};
+    if (p->pp * p->plan.chunks == 1) return loom__lower(rs->lg.graph, &lo, prog);
+    loom_pipe_program pp = {0};
+    loom_pipe_action *actions = NULL;
+    loom_value *tied = NULL;
+    int *groups = NULL;
+    loom_schedule kind = train ? p->cc.pipeline_scheduler : LOOM_SCHEDULE_INFER_PIPE;
+    loom_status st = pipe_program(rs, kind, micros, &pp, &actions, &tied, &groups);
+    lo.pipe = &pp;
+    if (st == 0) st = loom__lower(rs->lg.graph, &lo, prog);
+    loom__free(actions), loom__free(tied), loom__free(groups);
+    return st;
+}
+
+// Bind a program to the rank's parameters and communicators.
+static loom_status bind_runner(rank_state *rs, loom_program *prog, loom_runner **out) {
+    loom_parallel_t p = rs->par;
+    LOOM_CHECK(loom__runner_create(prog, loom__backend_cpu(), rs->params, out));
+    loom_runner *r = *out;
+    r->kernel.comm = p->tp > 1 ? rs->tp_comm : NULL;
+    r->norm_comm = p->parts > 1 ? rs->unit_comm : NULL;
+    r->pipe_comm = rs->pipe_comm;
+    r->tied_comms = rs->tied_comms;
+    r->dp_comm = rs->dp_comm;
+    r->trace = p->tc.trace;
+    return LOOM_OK;
 }
 
 static loom_status rank_setup(rank_state *rs) {
     loom_parallel_t p = rs->par;
-    LOOM_CHECK(loom_comm_split(rs->world, rs->unit, rs->index, &rs->unit_comm));
-    LOOM_CHECK(loom_comm_split(rs->world, rs->index, rs->unit, &rs->dp_comm));
-    LOOM_CHECK(loom__parallelize(p->global, p->loss, &p->plan, rs->index, &rs->lg));
-    if (p->tc.recompute) LOOM_CHECK(loom_graph_recompute(rs->lg.graph, p->tc.recompute));
-    loom_lower_options lo = {.train = 1, .micro_batches = p->tc.grad_accum,
-                             .dp_sync = p->units > 1};
+    LOOM_CHECK(split_comms(rs));
+    LOOM_CHECK(loom__parallelize(p->global, p->loss, &p->plan, rs->tp_index, rs->pipe_rank,
+                                 &rs->lg));
+    if (p->tc.recompute) LOOM_CHECK(loom__graph_recompute(rs->lg.graph, p->tc.recompute, 0));
     loom_program *prog = NULL;
-    LOOM_CHECK(loom__lower(rs->lg.graph, &lo, &prog));
+    LOOM_CHECK(lower_rank(rs, 1, p->micros, &prog));
     int zero = p->cc.use_zero && p->units > 1;
     if (zero) {
         // ZeRO groups of `size` units: the same share index across groups forms zero_cross.
@@ -210,24 +330,22 @@ static loom_status rank_setup(rank_state *rs) {
     rs->params = loom__malloc_aligned(bytes ? bytes : 64);
     if (!rs->params) return loom__program_free(prog), LOOM_ERR_NOMEM;
     memset(rs->params, 0, bytes);
-    LOOM_CHECK(loom__runner_create(prog, loom__backend_cpu(), rs->params, &rs->runner));
+    LOOM_CHECK(bind_runner(rs, prog, &rs->runner));
     loom_runner *r = rs->runner;
-    r->kernel.comm = p->parts > 1 ? rs->unit_comm : NULL;
-    r->dp_comm = rs->dp_comm;
-    r->trace = p->tc.trace;
     r->zero_comm = rs->zero_comm;
     r->zero_cross = rs->zero_cross;
     r->zero_reduce_scatter = p->cc.zero_reduce_scatter;
     // Overlap the gradient all-reduce with the backward (not with ZeRO's reduce-scatter).
     if (p->cc.async_reducer && !(zero && p->cc.zero_reduce_scatter))
         LOOM_CHECK(loom__runner_enable_buckets(r, p->cc.bucket_bytes ? p->cc.bucket_bytes : 1));
-    // Replicated parameters count in the gradient norm on the unit's first rank only.
+    // A gradient counts in the global norm once: replicated parameters on their stage's first
+    // rank, tied ones on the first pipeline rank holding them.
     r->norm_skip = loom__calloc((size_t)(prog->n_params ? prog->n_params : 1), 1);
     if (!r->norm_skip) return LOOM_ERR_NOMEM;
     for (int i = 0; i < prog->n_params; i++) {
         for (int k = 0; k < rs->lg.n_leaves; k++)
             if (rs->lg.leaves[k].local == prog->params[i])
-                r->norm_skip[i] = rs->lg.leaves[k].place.kind != LOOM_PLACE_SHARD && rs->index > 0;
+                r->norm_skip[i] = !loom__leaf_owner(rs, &rs->lg.leaves[k]);
     }
     const loom_train_config *tc = &p->tc;
     loom_optim_params optim = {
@@ -236,11 +354,12 @@ static loom_status rank_setup(rank_state *rs) {
         .grad_clip = tc->grad_clip, .loss_scale = tc->loss_scale};
     LOOM_CHECK(loom__runner_set_optimizer(r, &optim));
     load_params(rs);
+    rs->micro_loss = loom__calloc((size_t)p->micros, sizeof(float));
+    if (!rs->micro_loss) return LOOM_ERR_NOMEM;
     // Input buffers: the rank's rows of every micro-batch. The batch inputs are replicated in
-    // the unit or split by rows; a plan splitting them otherwise is refused.
+    // the stage or split by rows; a plan splitting them otherwise is refused.
     static const char *names[LOOM_PARALLEL_INPUTS] = {"tokens", "targets", "positions",
                                                       "loss_norm"};
-    int64_t unit_rows = tc->batch / p->units;
     for (int k = 0; k < LOOM_PARALLEL_INPUTS; k++) {
         loom_value gv = loom_graph_find(p->global, names[k]);
         const loom_local_leaf *leaf = gv >= 0 ? find_leaf(rs, gv) : NULL;
@@ -251,11 +370,61 @@ static loom_status rank_setup(rank_state *rs) {
             return loom__error(LOOM_ERR_UNSUPPORTED, "the plan splits input '%s' along dim %d; "
                                "inputs may be split only by rows (dim 0)", names[k], pl->dim);
         rs->rows[k] = rs->lg.graph->values[leaf->local].shape[0];
-        rs->first_row[k] = rs->unit * unit_rows + (pl->kind == LOOM_PLACE_SHARD ? rs->index * rs->rows[k] : 0);
-        int64_t n = loom__value_numel(rs->lg.graph, leaf->local) * tc->grad_accum;
+        rs->first_row[k] = pl->kind == LOOM_PLACE_SHARD ? rs->tp_index * rs->rows[k] : 0;
+        int64_t n = loom__value_numel(rs->lg.graph, leaf->local) * p->micros;
         rs->batch[k] = loom__malloc((size_t)n * 4);  // int32 or float
         if (!rs->batch[k]) return LOOM_ERR_NOMEM;
     }
+    return LOOM_OK;
+}
+
+// Which pipeline ranks read each parameter, and the distinct sets of more than one (each set's
+// ranks sum their copies' gradients).
+static loom_status find_tied(loom_parallel_t p) {
+    const loom_graph *g = p->global;
+    p->param_holders = loom__calloc((size_t)g->n_values, sizeof(uint64_t));
+    p->tied_sets = loom__calloc((size_t)g->n_values + 1, sizeof(uint64_t));
+    if (!p->param_holders || !p->tied_sets) return LOOM_ERR_NOMEM;
+    for (int i = 0; i < g->n_nodes; i++) {
+        const loom_node *n = &g->nodes[i];
+        int stage = p->plan.stage_of ? p->plan.stage_of[i] : 0;
+        for (int k = 0; k < n->n_in; k++)
+            if (g->values[n->in[k]].role == LOOM_ROLE_PARAM)
+                p->param_holders[n->in[k]] |= 1ull << (stage % p->pp);
+    }
+    for (int v = 0; v < g->n_values; v++) {
+        uint64_t set = p->param_holders[v];
+        if (!set || !(set & (set - 1))) continue;  // one holder
+        int k = 0;
+        while (k < p->n_tied_sets && p->tied_sets[k] != set) k++;
+        if (k == p->n_tied_sets) p->tied_sets[p->n_tied_sets++] = set;
+    }
+    return LOOM_OK;
+}
+
+// Check the pipeline settings against the devices and the batch.
+static loom_status check_pipeline(const loom_compute_config *cc, const loom_train_config *tc,
+                                  int units) {
+    int stages = cc->pipeline_nstages;
+    if (stages < 1 || cc->plan_ndevices % stages != 0)
+        return loom__error(LOOM_ERR_INVALID, "pipeline_nstages (%d) must divide plan_ndevices "
+                           "(%d): each pipeline rank gets plan_ndevices / pipeline_nstages "
+                           "devices", stages, cc->plan_ndevices);
+    if (cc->policy == LOOM_POLICY_PP && cc->plan_ndevices != stages)
+        return loom__error(LOOM_ERR_INVALID, "the pp policy puts each stage on one device: "
+                           "plan_ndevices (%d) must equal pipeline_nstages (%d); use the hybrid "
+                           "policy for tensor-parallel stages", cc->plan_ndevices, stages);
+    if (cc->pipeline_nmicros < 1)
+        return loom__error(LOOM_ERR_INVALID, "pipeline_nmicros must be >= 1 (got %d)",
+                           cc->pipeline_nmicros);
+    if ((unsigned)cc->pipeline_scheduler >= LOOM_SCHEDULE_COUNT ||
+        cc->pipeline_scheduler == LOOM_SCHEDULE_INFER_PIPE)
+        return loom__error(LOOM_ERR_INVALID, "pipeline_scheduler must be gpipe, 1f1b or "
+                           "1f1b_interleaved for training (infer_pipe runs inference)");
+    if (tc->batch % (units * cc->pipeline_nmicros) != 0)
+        return loom__error(LOOM_ERR_INVALID, "the global batch (%d) must divide into %d "
+                           "data-parallel units x %d micro-batches", tc->batch, units,
+                           cc->pipeline_nmicros);
     return LOOM_OK;
 }
 
@@ -279,14 +448,20 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
     if (tc->batch % units != 0)
         return loom__error(LOOM_ERR_INVALID, "the global batch (%d) must divide by the %d "
                            "data-parallel units", tc->batch, units);
+    LOOM_CHECK(check_pipeline(cc, tc, units));
     loom_parallel_t p = loom__calloc(1, sizeof *p);
     if (!p) return LOOM_ERR_NOMEM;
     p->model = model;
     p->cc = *cc;
     p->tc = *tc;
     p->parts = cc->plan_ndevices;
+    p->pp = cc->pipeline_nstages;
+    p->tp = p->parts / p->pp;
     p->units = units;
     p->nranks = cc->runtime_ndevices;
+    p->nmicros = cc->pipeline_nmicros;
+    p->micros = tc->grad_accum * p->nmicros;
+    p->micro_rows = tc->batch / units / p->nmicros;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     // Ranks sharing this machine's cores: all of them as threads, or the MPI processes that
     // the launcher placed on this node.
@@ -297,19 +472,29 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
         per_process = local && atoi(local) > 0 ? atoi(local) : 1;
     }
     p->threads_per_rank = tc->threads > 0 ? tc->threads : (int)(cores / per_process);
-    p->loss_norm = loom__calloc((size_t)tc->grad_accum, sizeof(float));
-    if (!p->loss_norm) return loom_parallel_free(p), LOOM_ERR_NOMEM;
     if (p->threads_per_rank < 1) p->threads_per_rank = 1;
+    size_t M = (size_t)p->micros, micro_ids = (size_t)(units * p->micro_rows * tc->seq);
+    p->loss_norm = loom__calloc(M, sizeof(float));
+    p->src_tokens = loom__calloc(M, sizeof(int32_t *));
+    p->src_targets = loom__calloc(M, sizeof(int32_t *));
+    p->src_offset = loom__calloc(M, sizeof(int64_t));
+    p->dummy_tokens = loom__calloc(micro_ids, sizeof(int32_t));
+    p->dummy_targets = loom__malloc(micro_ids * sizeof(int32_t));
+    if (!p->loss_norm || !p->src_tokens || !p->src_targets || !p->src_offset ||
+        !p->dummy_tokens || !p->dummy_targets)
+        return loom_parallel_free(p), LOOM_ERR_NOMEM;
+    for (size_t i = 0; i < micro_ids; i++) p->dummy_targets[i] = -100;
     loom_comm_t *world = NULL;
-    // The forward graph with the training loss (no backward: the local graphs get theirs).
+    // The forward graph of one micro-batch with the training loss (no backward: the local
+    // graphs get theirs).
     loom_status st = loom_graph_create(&p->global);
     if (st < 0) goto fail;
     st = loom__family(loom_model_get_config(model)->family)
-             ->build(loom_model_get_config(model), p->global, LOOM_GRAPH_FORWARD, tc->batch / units,
+             ->build(loom_model_get_config(model), p->global, LOOM_GRAPH_FORWARD, p->micro_rows,
                      tc->seq, 0);
     if (st < 0) goto fail;
     {
-        int64_t bt[2] = {tc->batch / units, tc->seq};
+        int64_t bt[2] = {p->micro_rows, tc->seq};
         loom_value logits = LOOM_NONE;
         for (int v = 0; v < p->global->n_values; v++)
             if (p->global->values[v].is_output) logits = v;
@@ -320,7 +505,14 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
         st = loom_graph_status(p->global);
         if (st < 0) goto fail;
     }
-    st = loom__plan_create(p->global, cc, p->parts, loom_model_get_config(model), &p->plan);
+    if (tc->recompute && *tc->recompute && !loom__recompute_matches(p->global, tc->recompute)) {
+        st = loom__error(LOOM_ERR_INVALID, "recompute '%s' names no module of this model (module "
+                         "names match path suffixes, e.g. 'attn' or 'h.3'; 'layers' means every "
+                         "numbered layer)", tc->recompute);
+        goto fail;
+    }
+    st = loom__plan_create(p->global, cc, p->tp, loom_model_get_config(model), &p->plan);
+    if (st == 0) st = find_tied(p);
     if (st < 0) goto fail;
     p->n_held = cc->comm == LOOM_COMM_MPI ? 1 : p->nranks;
     p->ranks = loom__calloc((size_t)p->n_held, sizeof(rank_state));
@@ -347,9 +539,11 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
     }
     for (int k = 0; k < p->n_held; k++) {
         int r = cc->comm == LOOM_COMM_MPI ? loom_comm_rank(world[0]) : k;
-        p->ranks[k] = (rank_state){.par = p, .rank = r, .unit = r / p->parts,
-                                   .index = r % p->parts, .world = world[k],
-                                   .inputs = {LOOM_NONE, LOOM_NONE, LOOM_NONE}};
+        int index = r % p->parts;
+        p->ranks[k] = (rank_state){.par = p, .rank = r, .unit = r / p->parts, .index = index,
+                                   .pipe_rank = index / p->tp, .tp_index = index % p->tp,
+                                   .world = world[k],
+                                   .inputs = {LOOM_NONE, LOOM_NONE, LOOM_NONE, LOOM_NONE}};
     }
     loom__free(world);
     world = NULL;
@@ -372,9 +566,14 @@ void loom_parallel_free(loom_parallel_t p) {
         loom__free_aligned(rs->params);
         loom__local_graph_free(&rs->lg);
         for (int k = 0; k < LOOM_PARALLEL_INPUTS; k++) loom__free(rs->batch[k]);
+        loom__free(rs->micro_loss);
+        for (int k = 0; k < rs->n_tied_groups; k++) loom_comm_destroy(rs->tied_comms[k]);
+        loom__free(rs->tied_comms);
         loom_comm_destroy(rs->zero_comm);
         loom_comm_destroy(rs->zero_cross);
         loom_comm_destroy(rs->unit_comm);
+        loom_comm_destroy(rs->tp_comm);
+        loom_comm_destroy(rs->pipe_comm);
         loom_comm_destroy(rs->dp_comm);
         loom_comm_destroy(rs->world);
     }
@@ -382,24 +581,27 @@ void loom_parallel_free(loom_parallel_t p) {
     loom__plan_free(&p->plan);
     loom_graph_destroy(p->global);
     loom__free(p->loss_norm);
+    loom__free(p->src_tokens), loom__free(p->src_targets), loom__free(p->src_offset);
+    loom__free(p->dummy_tokens), loom__free(p->dummy_targets);
+    loom__free(p->param_holders), loom__free(p->tied_sets);
     loom__free(p);
 }
 
 // ---- stepping -------------------------------------------------------------------------------------
 
-// The rank's rows of `micro` micro-batches for runner `r`: its unit's block of the global batch,
-// then, for inputs split by rows, its share of it.
-static void fill_batch(rank_state *rs, loom_runner *r, int micro) {
+// The rank's rows of every micro-batch for runner `r` (its unit's rows of the micro-batch, then,
+// for inputs split by rows, its share of them).
+static void fill_batch(rank_state *rs, loom_runner *r, int micros) {
     loom_parallel_t p = rs->par;
     size_t T = (size_t)p->tc.seq;
-    const int32_t *source[2] = {p->step_tokens, p->step_targets};
     for (int k = 0; k < LOOM_PARALLEL_INPUTS; k++) {
         if (rs->inputs[k] < 0) continue;
-        for (int m = 0; m < micro; m++) {
+        for (int m = 0; m < micros; m++) {
             size_t n = (size_t)rs->rows[k] * T;
-            size_t src = ((size_t)m * (size_t)p->tc.batch + (size_t)rs->first_row[k]) * T;
+            size_t row = (size_t)(rs->unit * p->src_unit_stride + p->src_offset[m] + rs->first_row[k]);
             int32_t *dst = (int32_t *)rs->batch[k] + (size_t)m * n;
-            if (k < 2) memcpy(dst, source[k] + src, n * sizeof(int32_t));
+            if (k == 0) memcpy(dst, p->src_tokens[m] + row * T, n * sizeof(int32_t));
+            else if (k == 1) memcpy(dst, p->src_targets[m] + row * T, n * sizeof(int32_t));
             else if (k == 2) for (size_t i = 0; i < n; i++) dst[i] = (int32_t)(i % T);
             else ((float *)rs->batch[k])[m] = p->loss_norm[m];
         }
@@ -407,74 +609,146 @@ static void fill_batch(rank_state *rs, loom_runner *r, int micro) {
     }
 }
 
-// Each unit's loss is complete on its ranks: average rs->loss over the units (data parallel).
-static loom_status average_over_units(rank_state *rs) {
-    if (rs->par->units == 1) return LOOM_OK;
-    LOOM_CHECK(loom_comm_all_reduce(rs->dp_comm, &rs->loss, &rs->loss, 1, LOOM_DTYPE_F32,
-                                    LOOM_REDUCE_SUM));
-    rs->loss /= (float)rs->par->units;
+// Every micro-batch's loss share, summed over the units (each is complete on the ranks of its
+// last stage, which send it to the rest of the unit); the step's loss is their sum / units.
+static loom_status gather_losses(rank_state *rs, loom_runner *r, int micros) {
+    loom_parallel_t p = rs->par;
+    memcpy(rs->micro_loss, r->micro_loss, (size_t)micros * sizeof(float));
+    if (p->parts > 1 && p->pp > 1) {
+        int root = (p->pp - 1) * p->tp;  // the last pipeline rank's first rank
+        LOOM_CHECK(loom_comm_broadcast(rs->unit_comm, rs->micro_loss, rs->micro_loss,
+                                       (size_t)micros, LOOM_DTYPE_F32, root));
+    }
+    if (p->units > 1)
+        LOOM_CHECK(loom_comm_all_reduce(rs->dp_comm, rs->micro_loss, rs->micro_loss,
+                                        (size_t)micros, LOOM_DTYPE_F32, LOOM_REDUCE_SUM));
+    double sum = 0;
+    for (int m = 0; m < micros; m++) sum += rs->micro_loss[m];
+    rs->loss = (float)(sum / p->units);
     return LOOM_OK;
 }
 
 static loom_status rank_step(rank_state *rs) {
-    fill_batch(rs, rs->runner, rs->par->tc.grad_accum);
+    fill_batch(rs, rs->runner, rs->par->micros);
     LOOM_CHECK(loom__runner_run(rs->runner));
-    rs->loss = (float)(rs->runner->loss_sum / rs->par->tc.grad_accum);
-    return average_over_units(rs);
+    return gather_losses(rs, rs->runner, rs->par->micros);
 }
 
-// Forward only: the loss of the first micro-batch, averaged over the units.
+// Forward only over p->eval_micros micro-batches (the program is made on first use).
 static loom_status rank_eval(rank_state *rs) {
+    loom_parallel_t p = rs->par;
+    if (rs->eval_runner && rs->eval_micros != p->eval_micros) {
+        loom__runner_free(rs->eval_runner);
+        rs->eval_runner = NULL;
+    }
     if (!rs->eval_runner) {
-        loom_lower_options lo = {.train = 0, .micro_batches = 1};
         loom_program *prog = NULL;
-        LOOM_CHECK(loom__lower(rs->lg.graph, &lo, &prog));
+        LOOM_CHECK(lower_rank(rs, 0, p->eval_micros, &prog));
         // The forward program's parameters are the training program's (same local graph).
         LOOM_ASSERT(prog->region_bytes[LOOM_REGION_PARAM] <=
                     rs->runner->prog->region_bytes[LOOM_REGION_PARAM]);
-        LOOM_CHECK(loom__runner_create(prog, loom__backend_cpu(), rs->params, &rs->eval_runner));
-        rs->eval_runner->kernel.comm = rs->runner->kernel.comm;
+        LOOM_CHECK(bind_runner(rs, prog, &rs->eval_runner));
+        rs->eval_runner->trace = 0;
+        rs->eval_micros = p->eval_micros;
     }
-    fill_batch(rs, rs->eval_runner, 1);
+    fill_batch(rs, rs->eval_runner, p->eval_micros);
     LOOM_CHECK(loom__runner_run(rs->eval_runner));
-    rs->loss = *(const float *)rs->eval_runner->ptr[rs->lg.loss];
-    return average_over_units(rs);
+    return gather_losses(rs, rs->eval_runner, p->eval_micros);
 }
 
-// Check and take the global batch of `micro` micro-batches the next rank function reads. Bad
-// ids are refused here, before any rank starts (a rank failing mid-step poisons the
-// communicators). The loss normalizer makes every micro-batch's loss the mean over all its kept
-// targets, however unevenly ignored targets fall on the ranks.
-static loom_status set_batch(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
-                             int micro, const char *fn) {
+// Check the ids of micro-batch m (`rows` sequences) before any rank starts (a rank failing
+// mid-step poisons the communicators); returns its kept targets in *kept.
+static loom_status check_ids(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
+                             int64_t rows, const char *fn, const char *what, int64_t *kept) {
     if (!tokens || !targets)
-        return loom__error(LOOM_ERR_INVALID, "%s: tokens and targets are required", fn);
+        return loom__error(LOOM_ERR_INVALID, "%s: tokens and targets are required (%s)", fn, what);
     int64_t V = loom_model_get_config(p->model)->vocab_size;
-    int64_t per_micro = (int64_t)p->tc.batch * p->tc.seq;
-    for (int m = 0; m < micro; m++) {
-        int64_t kept = 0;
-        for (int64_t i = m * per_micro; i < (m + 1) * per_micro; i++) {
-            if (tokens[i] < 0 || tokens[i] >= V)
-                return loom__error(LOOM_ERR_INVALID, "%s: token id %d at position %lld is outside "
-                                   "[0, %lld); the data does not fit this model's vocabulary", fn,
-                                   tokens[i], (long long)i, (long long)V);
-            if (targets[i] == -100) continue;
-            if (targets[i] < 0 || targets[i] >= V)
-                return loom__error(LOOM_ERR_INVALID, "%s: target id %d at position %lld is outside "
-                                   "[0, %lld) and is not the ignore index -100", fn, targets[i],
-                                   (long long)i, (long long)V);
-            kept++;
-        }
-        p->loss_norm[m] = kept ? (float)p->units / (float)kept : 0.0f;
+    *kept = 0;
+    for (int64_t i = 0; i < rows * p->tc.seq; i++) {
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return loom__error(LOOM_ERR_INVALID, "%s: token id %d at position %lld of %s is "
+                               "outside [0, %lld); the data does not fit this model's vocabulary",
+                               fn, tokens[i], (long long)i, what, (long long)V);
+        if (targets[i] == -100) continue;
+        if (targets[i] < 0 || targets[i] >= V)
+            return loom__error(LOOM_ERR_INVALID, "%s: target id %d at position %lld of %s is "
+                               "outside [0, %lld) and is not the ignore index -100", fn,
+                               targets[i], (long long)i, what, (long long)V);
+        (*kept)++;
     }
-    p->step_tokens = tokens;
-    p->step_targets = targets;
     return LOOM_OK;
+}
+
+// Take `batches` (B, T) batches, each split into nmicros micro-batches (micro m of batch a is
+// rows [m * micro_rows, (m+1) * micro_rows) of every unit's block). Every batch's loss is the
+// mean over all its kept targets, however unevenly ignored targets fall on the ranks; the
+// step's loss is the mean over the batches.
+static loom_status set_batches(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
+                               int batches, const char *fn) {
+    int64_t per_batch = (int64_t)p->tc.batch * p->tc.seq;
+    for (int a = 0; a < batches; a++) {
+        int64_t kept = 0;
+        char what[64];
+        snprintf(what, sizeof what, "batch %d", a);
+        LOOM_CHECK(check_ids(p, tokens ? tokens + a * per_batch : NULL,
+                             targets ? targets + a * per_batch : NULL, p->tc.batch, fn, what,
+                             &kept));
+        for (int k = 0; k < p->nmicros; k++) {
+            int m = a * p->nmicros + k;
+            p->src_tokens[m] = tokens + a * per_batch;
+            p->src_targets[m] = targets + a * per_batch;
+            p->src_offset[m] = k * p->micro_rows;
+            p->loss_norm[m] = kept ? (float)p->units / (float)kept / (float)batches : 0.0f;
+        }
+    }
+    p->src_unit_stride = p->tc.batch / p->units;
+    return LOOM_OK;
+}
+
+// Take `n` micro-batch samples (units * micro_rows sequences each) and dummies up to `slots`:
+// the loss is the mean over the real samples of each sample's mean.
+static loom_status set_samples(loom_parallel_t p, const loom_sample *samples, int n, int slots,
+                               const char *fn) {
+    if (n < 0 || n > slots || (n > 0 && !samples))
+        return loom__error(LOOM_ERR_INVALID, "%s: %d samples given; this run takes 1 to %d "
+                           "micro-batches per call (grad_accum x pipeline_nmicros)", fn, n, slots);
+    int64_t rows = p->units * p->micro_rows;
+    for (int m = 0; m < slots; m++) {
+        int64_t kept = 0;
+        if (m < n) {
+            char what[64];
+            snprintf(what, sizeof what, "sample %d", m);
+            LOOM_CHECK(check_ids(p, samples[m].tokens, samples[m].targets, rows, fn, what, &kept));
+        }
+        p->src_tokens[m] = m < n ? samples[m].tokens : p->dummy_tokens;
+        p->src_targets[m] = m < n ? samples[m].targets : p->dummy_targets;
+        p->src_offset[m] = 0;
+        p->loss_norm[m] = kept ? (float)p->units / (float)kept / (float)n : 0.0f;
+    }
+    p->src_unit_stride = p->micro_rows;
+    return LOOM_OK;
+}
+
+static void fill_stats(loom_parallel_t p, double seconds, loom_step_stats *stats) {
+    if (!stats) return;
+    stats->loss = p->ranks[0].loss;
+    stats->grad_norm = p->ranks[0].runner->last_grad_norm;
+    stats->comm_wait_s = p->ranks[0].runner->dp_wait_seconds;
+    stats->seconds = seconds;
+    stats->tokens_per_s = (double)p->tc.grad_accum * p->tc.batch * p->tc.seq /
+                          (seconds > 0 ? seconds : 1e-9);
+}
+
+// Per-sample losses: micro-batch m's mean over its kept targets.
+static void sample_losses(loom_parallel_t p, int n, float *losses) {
+    for (int m = 0; losses && m < n; m++)
+        losses[m] = p->ranks[0].micro_loss[m] * (float)n / (float)p->units;
 }
 
 loom_status loom_parallel_eval(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
                                float *loss) {
-    LOOM_CHECK(set_batch(p, tokens, targets, 1, "loom_parallel_eval"));
+    LOOM_CHECK(set_batches(p, tokens, targets, 1, "loom_parallel_eval"));
+    p->eval_micros = p->nmicros;
     LOOM_CHECK(loom__run_ranks(p, rank_eval));
     *loss = p->ranks[0].loss;
     return LOOM_OK;
@@ -482,17 +756,37 @@ loom_status loom_parallel_eval(loom_parallel_t p, const int32_t *tokens, const i
 
 loom_status loom_parallel_step(loom_parallel_t p, const int32_t *tokens, const int32_t *targets,
                                loom_step_stats *stats) {
-    LOOM_CHECK(set_batch(p, tokens, targets, p->tc.grad_accum, "loom_parallel_step"));
+    LOOM_CHECK(set_batches(p, tokens, targets, p->tc.grad_accum, "loom_parallel_step"));
     double t0 = omp_get_wtime();
     LOOM_CHECK(loom__run_ranks(p, rank_step));
-    double dt = omp_get_wtime() - t0;
-    if (stats) {
-        stats->loss = p->ranks[0].loss;
-        stats->grad_norm = p->ranks[0].runner->last_grad_norm;
-        stats->comm_wait_s = p->ranks[0].runner->dp_wait_seconds;
-        stats->seconds = dt;
-        stats->tokens_per_s = (double)p->tc.grad_accum * p->tc.batch * p->tc.seq / (dt > 0 ? dt : 1e-9);
-    }
+    fill_stats(p, omp_get_wtime() - t0, stats);
+    return LOOM_OK;
+}
+
+int loom_parallel_micro_batches(loom_parallel_t p) { return p->micros; }
+int64_t loom_parallel_micro_rows(loom_parallel_t p) { return (int64_t)p->units * p->micro_rows; }
+
+loom_status loom_parallel_train_step(loom_parallel_t p, const loom_sample *samples, int n,
+                                     float *losses, loom_step_stats *stats) {
+    LOOM_CHECK(set_samples(p, samples, n, p->micros, "loom_parallel_train_step"));
+    if (n == 0) return loom__error(LOOM_ERR_INVALID, "loom_parallel_train_step: no samples");
+    double t0 = omp_get_wtime();
+    LOOM_CHECK(loom__run_ranks(p, rank_step));
+    fill_stats(p, omp_get_wtime() - t0, stats);
+    sample_losses(p, n, losses);
+    return LOOM_OK;
+}
+
+loom_status loom_parallel_infer_step(loom_parallel_t p, const loom_sample *samples, int n,
+                                     float *losses) {
+    if (n < 1) return loom__error(LOOM_ERR_INVALID, "loom_parallel_infer_step: no samples");
+    if (n > p->micros && n % p->pp != 0)
+        return loom__error(LOOM_ERR_INVALID, "loom_parallel_infer_step: %d samples; at most %d "
+                           "per call", n, p->micros);
+    LOOM_CHECK(set_samples(p, samples, n, n, "loom_parallel_infer_step"));
+    p->eval_micros = n;
+    LOOM_CHECK(loom__run_ranks(p, rank_eval));
+    sample_losses(p, n, losses);
     return LOOM_OK;
 }
 
@@ -504,13 +798,14 @@ loom_memory_stats loom_parallel_memory(loom_parallel_t p, int rank) {
     for (int k = 0; k < p->n_held; k++)
         if (p->ranks[k].rank == rank) rs = &p->ranks[k];
     if (!rs) return m;
-    const loom_program *prog = rs->runner->prog;
-    size_t params = prog->region_bytes[LOOM_REGION_PARAM];
-    m.parameters = params;
-    m.gradients = prog->region_bytes[LOOM_REGION_PARAM_GRAD];
-    m.optimizer = loom__runner_optimizer_floats(rs->runner) * sizeof(float);
-    m.activations = prog->region_bytes[LOOM_REGION_ARENA] + prog->region_bytes[LOOM_REGION_PERSIST];
-    m.inputs = prog->region_bytes[LOOM_REGION_INPUT];
+    m = loom__runner_memory(rs->runner);
+    if (rs->eval_runner) {  // its own arena and buffers (parameters are shared)
+        loom_memory_stats e = loom__runner_memory(rs->eval_runner);
+        m.activations += e.activations, m.inputs += e.inputs, m.buffers += e.buffers;
+    }
+    for (int k = 0; k < LOOM_PARALLEL_INPUTS; k++)
+        if (rs->batch[k]) m.buffers += (size_t)loom__value_numel(rs->lg.graph, rs->inputs[k]) *
+                                       (size_t)p->micros * 4;
     return m;
 }
 

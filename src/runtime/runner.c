@@ -3,6 +3,7 @@
 #include "runtime/runner.h"
 
 #include "core/core.h"
+#include "loom/train.h"
 
 #include <math.h>
 #include <omp.h>
@@ -73,6 +74,17 @@ void loom__runner_free(loom_runner *r) {
     loom__free(r->buckets);
     loom__program_free(r->prog);
     loom__free(r);
+}
+
+loom_memory_stats loom__runner_memory(const loom_runner *r) {
+    const loom_program *p = r->prog;
+    return (loom_memory_stats){
+        .activations = p->region_bytes[LOOM_REGION_ARENA] + p->region_bytes[LOOM_REGION_PERSIST],
+        .parameters = p->region_bytes[LOOM_REGION_PARAM],
+        .gradients = p->train ? p->region_bytes[LOOM_REGION_PARAM_GRAD] : 0,
+        .optimizer = loom__runner_optimizer_floats(r) * sizeof(float),
+        .inputs = p->region_bytes[LOOM_REGION_INPUT],
+        .buffers = r->kernel.scratch_bytes};
 }
 
 size_t loom__runner_bytes(const loom_runner *r, loom_region region) {

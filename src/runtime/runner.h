@@ -93,6 +93,8 @@ loom_status loom__trace_write(const char *path, loom_runner *const *runners, con
 size_t loom__runner_optimizer_floats(const loom_runner *r);
 // Run every instruction once: one step (training) or one forward pass.
 loom_status loom__runner_run(loom_runner *r);
+// What the runner holds (loom_memory_stats; parameters counted though the caller owns them).
+struct loom_memory_stats loom__runner_memory(const loom_runner *r);
 // Bytes the runner owns per region.
 size_t loom__runner_bytes(const loom_runner *r, loom_region region);
 

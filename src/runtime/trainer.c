@@ -162,15 +162,7 @@ loom_status loom_trainer_grad(loom_trainer_t t, const char *name, const float **
 const float *loom_trainer_logits(loom_trainer_t t) { return t->runner->ptr[t->logits]; }
 
 loom_memory_stats loom_trainer_memory(loom_trainer_t t) {
-    const loom_program *p = t->runner->prog;
-    size_t opt = p->region_bytes[LOOM_REGION_PARAM] *
-                 (t->cfg.optimizer == LOOM_OPTIM_ADAMW ? 2 : t->cfg.momentum != 0 ? 1 : 0);
-    return (loom_memory_stats){
-        .activations = p->region_bytes[LOOM_REGION_ARENA] + p->region_bytes[LOOM_REGION_PERSIST],
-        .parameters = p->region_bytes[LOOM_REGION_PARAM],
-        .gradients = p->region_bytes[LOOM_REGION_PARAM_GRAD],
-        .optimizer = opt,
-        .inputs = p->region_bytes[LOOM_REGION_INPUT]};
+    return loom__runner_memory(t->runner);
 }
 
 void loom_trainer_profile(loom_trainer_t t, FILE *f) {

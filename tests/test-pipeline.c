@@ -1,0 +1,311 @@
+// Pipeline parity on the `local` communicator: tiny GPT-2 (wte tied to lm_head across the first
+// and last stage) and LLaMA trained 3 AdamW steps under pp2, pp4, pp2 x tp2, pp2 x dp2 and
+// pp2 x tp2 x dp2, every schedule, recomputation on and off: losses and merged parameters equal
+// the single-device run with the same total batch to relative 1e-5. Also: 1F1B's activation
+// memory stays within the pipeline depth while GPipe's grows with the micro-batches, dummy
+// micro-batches contribute nothing, and bad pipeline settings fail clearly.
+
+#include "loom/parallel.h"
+#include "oracle-model.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define B 8
+#define T 16
+#define STEPS 3
+
+typedef struct reference {
+    float losses[STEPS];
+    int n;
+    float **params;
+    int64_t *numel;
+} reference;
+
+static int32_t tokens[B * T], targets[B * T];
+
+static loom_train_config train_config(void) {
+    loom_train_config tc = loom_train_config_default();
+    tc.batch = B;
+    tc.seq = T;
+    tc.lr = 1e-2f;
+    tc.weight_decay = 0.1f;
+    tc.grad_clip = 1.0f;
+    tc.eps = 1e-3f;  // see tests/oracle/README.md
+    tc.threads = 1;
+    return tc;
+}
+
+// A 4-layer model of the family (random init, fixed seed) or an oracle directory.
+static loom_model_t make_model(const char *name) {
+    if (strcmp(name, "gpt2-4") != 0) return load_oracle(name);
+    loom_model_config cfg;
+    CHECK_OK(loom_model_config_parse("{\"model_type\": \"gpt2\", \"n_layer\": 4, \"n_embd\": 32, "
+                                     "\"n_head\": 4, \"n_positions\": 32, \"vocab_size\": 96}",
+                                     "gpt2-4", &cfg));
+    loom_model_t m = NULL;
+    CHECK_OK(loom_model_create(&cfg, 7, &m));
+    return m;
+}
+
+static void single_device(const char *name, reference *ref) {
+    loom_model_t m = make_model(name);
+    loom_train_config tc = train_config();
+    loom_trainer_t t;
+    CHECK_OK(loom_trainer_create(m, &tc, &t));
+    for (int s = 0; s < STEPS; s++) {
+        loom_step_stats st;
+        CHECK_OK(loom_trainer_step(t, tokens, targets, &st));
+        ref->losses[s] = st.loss;
+    }
+    ref->n = loom_model_n_tensors(m);
+    ref->params = calloc((size_t)ref->n, sizeof(float *));
+    ref->numel = calloc((size_t)ref->n, sizeof(int64_t));
+    for (int i = 0; i < ref->n; i++) {
+        float *data;
+        loom_model_tensor(m, loom_model_tensor_name(m, i, NULL, NULL), &data, &ref->numel[i]);
+        ref->params[i] = malloc((size_t)ref->numel[i] * sizeof(float));
+        memcpy(ref->params[i], data, (size_t)ref->numel[i] * sizeof(float));
+    }
+    loom_trainer_free(t);
+    loom_model_free(m);
+}
+
+static void reference_free(reference *ref) {
+    for (int i = 0; i < ref->n; i++) free(ref->params[i]);
+    free(ref->params);
+    free(ref->numel);
+}
+
+typedef struct pipe_case {
+    int pp, tp, dp, micros;
+    loom_schedule schedule;
+    int chunks;
+    const char *layers;     // NULL: balanced
+    const char *recompute;  // NULL: none
+} pipe_case;
+
+static loom_compute_config pipe_config(const pipe_case *c) {
+    loom_compute_config cc = loom_compute_config_default();
+    cc.policy = c->tp > 1 ? LOOM_POLICY_HYBRID : LOOM_POLICY_PP;
+    cc.plan_ndevices = c->pp * c->tp;
+    cc.runtime_ndevices = c->pp * c->tp * c->dp;
+    cc.pipeline_nstages = c->pp;
+    cc.pipeline_nmicros = c->micros;
+    cc.pipeline_scheduler = c->schedule;
+    cc.pipeline_nchunks = c->chunks;
+    cc.pipeline_layers = c->layers;
+    cc.bucket_bytes = 4096;
+    cc.timeout_s = 30;
+    return cc;
+}
+
+static void parity(const char *name, const reference *ref, pipe_case c) {
+    char what[200];
+    snprintf(what, sizeof what, "%s pp%d tp%d dp%d m%d %s chunks %d layers %s%s%s", name, c.pp,
+             c.tp, c.dp, c.micros, loom_schedule_name(c.schedule), c.chunks ? c.chunks : 1,
+             c.layers ? c.layers : "balanced", c.recompute ? " recompute " : "",
+             c.recompute ? c.recompute : "");
+    loom_model_t m = make_model(name);
+    loom_compute_config cc = pipe_config(&c);
+    loom_train_config tc = train_config();
+    tc.recompute = c.recompute;
+    loom_parallel_t p = NULL;
+    loom_status st = loom_parallelize(m, &cc, &tc, &p);
+    CHECK_MSG(st == 0, "%s: %s", what, loom_last_error());
+    if (st < 0) {
+        loom_model_free(m);
+        return;
+    }
+    // Inference (infer_pipe) first: the forward-only loss is the first step's loss.
+    float eval_loss = 0;
+    CHECK_OK(loom_parallel_eval(p, tokens, targets, &eval_loss));
+    CHECK_MSG(fabs(eval_loss - ref->losses[0]) <= 1e-5 * fabs(ref->losses[0]),
+              "%s: eval loss %.7f vs %.7f", what, eval_loss, ref->losses[0]);
+    double worst_loss = 0, worst_param = 0;
+    for (int s = 0; s < STEPS; s++) {
+        loom_step_stats stats;
+        CHECK_OK(loom_parallel_step(p, tokens, targets, &stats));
+        double err = fabs(stats.loss - ref->losses[s]) / fabs(ref->losses[s]);
+        if (err > worst_loss) worst_loss = err;
+        CHECK_MSG(err < 1e-5, "%s: step %d loss %.7f vs single device %.7f", what, s, stats.loss,
+                  ref->losses[s]);
+    }
+    CHECK_OK(loom_parallel_sync_model(p));
+    for (int i = 0; i < ref->n; i++) {
+        float *data;
+        int64_t n;
+        const char *pname = loom_model_tensor_name(m, i, NULL, NULL);
+        loom_model_tensor(m, pname, &data, &n);
+        double num = 0, den = 0;
+        for (int64_t k = 0; k < n; k++) {
+            double d = (double)data[k] - ref->params[i][k];
+            num += d * d;
+            den += (double)ref->params[i][k] * ref->params[i][k];
+        }
+        double rel = sqrt(num / (den > 0 ? den : 1));
+        if (rel > worst_param) worst_param = rel;
+        CHECK_MSG(rel < 1e-5, "%s: parameter %s differs (rel %.2e)", what, pname, rel);
+    }
+    printf("%-62s loss rel err %.1e, parameters %.1e\n", what, worst_loss, worst_param);
+    loom_parallel_free(p);
+    loom_model_free(m);
+}
+
+// Activations of stage 0 (rank 0) under a schedule with `micros` micro-batches.
+static size_t stage0_activations(loom_schedule schedule, int micros) {
+    loom_model_t m = make_model("gpt2-4");
+    pipe_case c = {4, 1, 1, micros, schedule, 1, "1,1,1,1", NULL};
+    loom_compute_config cc = pipe_config(&c);
+    loom_train_config tc = train_config();
+    tc.batch = micros;  // one sequence per micro-batch
+    loom_parallel_t p = NULL;
+    CHECK_OK(loom_parallelize(m, &cc, &tc, &p));
+    size_t bytes = p ? loom_parallel_memory(p, 0).activations : 0;
+    loom_parallel_free(p);
+    loom_model_free(m);
+    return bytes;
+}
+
+// 1F1B holds at most `stages` micro-batches on stage 0, GPipe all of them.
+static void test_memory_bound(void) {
+    size_t one = stage0_activations(LOOM_SCHEDULE_GPIPE, 1);  // one micro-batch in flight
+    size_t f4 = stage0_activations(LOOM_SCHEDULE_1F1B, 4);
+    size_t f8 = stage0_activations(LOOM_SCHEDULE_1F1B, 8);
+    size_t f16 = stage0_activations(LOOM_SCHEDULE_1F1B, 16);
+    size_t g4 = stage0_activations(LOOM_SCHEDULE_GPIPE, 4);
+    size_t g8 = stage0_activations(LOOM_SCHEDULE_GPIPE, 8);
+    size_t g16 = stage0_activations(LOOM_SCHEDULE_GPIPE, 16);
+    printf("stage 0 activations (4 stages): one micro-batch %zu bytes; 1f1b m=4/8/16 %zu/%zu/%zu, "
+           "gpipe %zu/%zu/%zu\n", one, f4, f8, f16, g4, g8, g16);
+    // 1F1B: stage 0 holds at most 4 micro-batches whatever m (the arena's placement may differ
+    // by a few blocks between schedules, never by a micro-batch).
+    size_t bound = 4 * one;
+    CHECK_MSG(f4 <= bound && f8 <= bound && f16 <= bound, "1f1b stage 0 exceeds 4 micro-batches "
+              "(%zu): %zu %zu %zu", bound, f4, f8, f16);
+    CHECK_MSG(f16 < f4 + one / 2, "1f1b stage 0 grows with m: %zu %zu %zu", f4, f8, f16);
+    // GPipe: every micro-batch in flight, so the saved activations double with m.
+    CHECK_MSG(g8 > g4 * 17 / 10 && g16 > g8 * 17 / 10 && g16 > 2 * bound,
+              "gpipe does not grow with m: %zu %zu %zu", g4, g8, g16);
+}
+
+// train_step with fewer samples than micro-batches: the dummies change nothing, so two real
+// samples under a 4-micro-batch pipeline train exactly as the single-device trainer on those
+// two (grad_accum 2, one sample each).
+static void test_dummies(void) {
+    loom_model_t ref_model = make_model("gpt2");
+    loom_train_config tc = train_config();
+    tc.batch = 2;
+    tc.grad_accum = 2;
+    loom_trainer_t t;
+    CHECK_OK(loom_trainer_create(ref_model, &tc, &t));
+    loom_step_stats ref_stats;
+    CHECK_OK(loom_trainer_step(t, tokens, targets, &ref_stats));
+    // The single-device per-sample losses (forward only, before the step).
+    loom_model_t m = make_model("gpt2");
+    pipe_case c = {2, 1, 1, 4, LOOM_SCHEDULE_1F1B, 1, NULL, NULL};
+    loom_compute_config cc = pipe_config(&c);
+    loom_train_config ptc = train_config();
+    ptc.batch = 8;  // 4 micro-batches of 2 sequences
+    loom_parallel_t p = NULL;
+    CHECK_OK(loom_parallelize(m, &cc, &ptc, &p));
+    CHECK(loom_parallel_micro_batches(p) == 4 && loom_parallel_micro_rows(p) == 2);
+    loom_sample samples[2] = {{tokens, targets}, {tokens + 2 * T, targets + 2 * T}};
+    float losses[2] = {0, 0}, infer[2] = {0, 0};
+    CHECK_OK(loom_parallel_infer_step(p, samples, 2, infer));
+    loom_step_stats stats;
+    CHECK_OK(loom_parallel_train_step(p, samples, 2, losses, &stats));
+    CHECK_MSG(fabs(stats.loss - ref_stats.loss) <= 1e-5 * fabs(ref_stats.loss),
+              "train_step with dummies: loss %.7f vs %.7f", stats.loss, ref_stats.loss);
+    CHECK_MSG(fabs(0.5f * (losses[0] + losses[1]) - stats.loss) <= 1e-5 * stats.loss,
+              "per-sample losses %.7f %.7f do not average to %.7f", losses[0], losses[1],
+              stats.loss);
+    for (int k = 0; k < 2; k++)
+        CHECK_MSG(fabs(infer[k] - losses[k]) <= 1e-5 * losses[k],
+                  "sample %d: infer_step %.7f vs train_step %.7f", k, infer[k], losses[k]);
+    CHECK_OK(loom_parallel_sync_model(p));
+    double worst = 0;
+    for (int i = 0; i < loom_model_n_tensors(m); i++) {
+        const char *pname = loom_model_tensor_name(m, i, NULL, NULL);
+        float *a, *b;
+        int64_t n;
+        loom_model_tensor(m, pname, &a, &n);
+        loom_model_tensor(ref_model, pname, &b, NULL);
+        for (int64_t k = 0; k < n; k++) {
+            double d = fabs((double)a[k] - b[k]) / (fabs(b[k]) + 1e-3);
+            if (d > worst) worst = d;
+        }
+    }
+    CHECK_MSG(worst < 1e-4, "train_step with dummies: parameters differ (%.2e)", worst);
+    // Too many samples is an error naming the limit.
+    loom_sample many[5] = {samples[0], samples[1], samples[0], samples[1], samples[0]};
+    CHECK(loom_parallel_train_step(p, many, 5, NULL, NULL) == LOOM_ERR_INVALID &&
+          strstr(loom_last_error(), "1 to 4"));
+    loom_parallel_free(p);
+    loom_trainer_free(t);
+    loom_model_free(m);
+    loom_model_free(ref_model);
+}
+
+static void expect_error(pipe_case c, const char *fragment) {
+    loom_model_t m = make_model("gpt2");
+    loom_compute_config cc = pipe_config(&c);
+    loom_train_config tc = train_config();
+    loom_parallel_t p = NULL;
+    loom_status st = loom_parallelize(m, &cc, &tc, &p);
+    CHECK_MSG(st < 0 && strstr(loom_last_error(), fragment), "expected an error with '%s', got "
+              "%d '%s'", fragment, st, st < 0 ? loom_last_error() : "");
+    loom_parallel_free(p);
+    loom_model_free(m);
+}
+
+static void test_errors(void) {
+    expect_error((pipe_case){2, 1, 1, 3, LOOM_SCHEDULE_1F1B, 1, NULL, NULL}, "micro-batches");
+    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_1F1B, 2, NULL, NULL}, "1f1b_interleaved");
+    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_1F1B, 1, "1,1,1", NULL}, "pipeline_layers");
+    expect_error((pipe_case){4, 1, 1, 4, LOOM_SCHEDULE_1F1B, 1, "1,0,0,1", NULL}, "pipeline_layers");
+    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_INFER_PIPE, 1, NULL, NULL}, "infer_pipe");
+}
+
+int main(void) {
+    for (int i = 0; i < B * T; i++) {
+        tokens[i] = (i * 37 + 11) % 96;
+        targets[i] = (i % 13 == 5) ? -100 : (i * 53 + 7) % 96;
+    }
+    reference gpt2, llama, gpt4;
+    single_device("gpt2", &gpt2);
+    single_device("llama", &llama);
+    single_device("gpt2-4", &gpt4);
+    const loom_schedule F = LOOM_SCHEDULE_1F1B, G = LOOM_SCHEDULE_GPIPE,
+                        I = LOOM_SCHEDULE_1F1B_INTERLEAVED;
+    // pp2: every schedule, balanced and explicit stages, recomputation.
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, F, 1, NULL, NULL});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, G, 1, "1,1", NULL});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, I, 2, "0,1,1,0", NULL});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, F, 1, NULL, "layers"});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 2, G, 1, NULL, "attn"});
+    parity("llama", &llama, (pipe_case){2, 1, 1, 4, F, 1, NULL, NULL});
+    parity("llama", &llama, (pipe_case){2, 1, 1, 4, I, 2, "0,1,1,0", "layers"});
+    // pp4: embeddings and head on their own stages.
+    parity("gpt2", &gpt2, (pipe_case){4, 1, 1, 4, F, 1, "0,1,1,0", NULL});
+    parity("gpt2", &gpt2, (pipe_case){4, 1, 1, 8, G, 1, "0,1,1,0", NULL});
+    parity("llama", &llama, (pipe_case){4, 1, 1, 4, F, 1, "0,1,1,0", "layers"});
+    parity("gpt2-4", &gpt4, (pipe_case){4, 1, 1, 8, F, 1, NULL, NULL});
+    parity("gpt2-4", &gpt4, (pipe_case){2, 1, 1, 4, I, 2, NULL, NULL});
+    // Hybrids: pp2 x tp2, pp2 x dp2, pp2 x tp2 x dp2 (8 ranks).
+    parity("gpt2", &gpt2, (pipe_case){2, 2, 1, 2, F, 1, NULL, NULL});
+    parity("llama", &llama, (pipe_case){2, 2, 1, 4, G, 1, NULL, "layers"});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 2, 2, F, 1, NULL, NULL});
+    parity("llama", &llama, (pipe_case){2, 1, 2, 2, I, 2, "0,1,1,0", NULL});
+    parity("gpt2", &gpt2, (pipe_case){2, 2, 2, 2, F, 1, NULL, NULL});
+    parity("llama", &llama, (pipe_case){2, 2, 2, 2, F, 1, NULL, "layers"});
+    test_memory_bound();
+    test_dummies();
+    test_errors();
+    reference_free(&gpt2);
+    reference_free(&llama);
+    reference_free(&gpt4);
+    return tu_finish();
+}
