@@ -5,13 +5,16 @@
 // memory stays within the pipeline depth while GPipe's grows with the micro-batches, dummy
 // micro-batches contribute nothing, and bad pipeline settings fail clearly.
 
+#include "loom/checkpoint.h"
 #include "loom/parallel.h"
+#include "models/family.h"
 #include "oracle-model.h"
 #include "testutil.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define B 8
 #define T 16
@@ -85,6 +88,7 @@ typedef struct pipe_case {
     int chunks;
     const char *layers;     // NULL: balanced
     const char *recompute;  // NULL: none
+    int zero;               // ZeRO-1 over the data-parallel units
 } pipe_case;
 
 static loom_compute_config pipe_config(const pipe_case *c) {
@@ -99,15 +103,16 @@ static loom_compute_config pipe_config(const pipe_case *c) {
     cc.pipeline_layers = c->layers;
     cc.bucket_bytes = 4096;
     cc.timeout_s = 30;
+    cc.use_zero = c->zero;
     return cc;
 }
 
 static void parity(const char *name, const reference *ref, pipe_case c) {
     char what[200];
-    snprintf(what, sizeof what, "%s pp%d tp%d dp%d m%d %s chunks %d layers %s%s%s", name, c.pp,
+    snprintf(what, sizeof what, "%s pp%d tp%d dp%d m%d %s chunks %d layers %s%s%s%s", name, c.pp,
              c.tp, c.dp, c.micros, loom_schedule_name(c.schedule), c.chunks ? c.chunks : 1,
              c.layers ? c.layers : "balanced", c.recompute ? " recompute " : "",
-             c.recompute ? c.recompute : "");
+             c.recompute ? c.recompute : "", c.zero ? " zero" : "");
     loom_model_t m = make_model(name);
     loom_compute_config cc = pipe_config(&c);
     loom_train_config tc = train_config();
@@ -157,7 +162,7 @@ static void parity(const char *name, const reference *ref, pipe_case c) {
 // Activations of stage 0 (rank 0) under a schedule with `micros` micro-batches.
 static size_t stage0_activations(loom_schedule schedule, int micros) {
     loom_model_t m = make_model("gpt2-4");
-    pipe_case c = {4, 1, 1, micros, schedule, 1, "1,1,1,1", NULL};
+    pipe_case c = {4, 1, 1, micros, schedule, 1, "1,1,1,1", NULL, 0};
     loom_compute_config cc = pipe_config(&c);
     loom_train_config tc = train_config();
     tc.batch = micros;  // one sequence per micro-batch
@@ -203,9 +208,8 @@ static void test_dummies(void) {
     CHECK_OK(loom_trainer_create(ref_model, &tc, &t));
     loom_step_stats ref_stats;
     CHECK_OK(loom_trainer_step(t, tokens, targets, &ref_stats));
-    // The single-device per-sample losses (forward only, before the step).
     loom_model_t m = make_model("gpt2");
-    pipe_case c = {2, 1, 1, 4, LOOM_SCHEDULE_1F1B, 1, NULL, NULL};
+    pipe_case c = {2, 1, 1, 4, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0};
     loom_compute_config cc = pipe_config(&c);
     loom_train_config ptc = train_config();
     ptc.batch = 8;  // 4 micro-batches of 2 sequences
@@ -249,6 +253,71 @@ static void test_dummies(void) {
     loom_model_free(ref_model);
 }
 
+static const char *gpt2_file_name(const char *name, char *buf, size_t cap) {
+    return loom__family(LOOM_FAMILY_GPT2)->param_to_file(name, buf, cap);
+}
+
+static loom_parallel_t start(loom_model_t m, pipe_case c) {
+    loom_compute_config cc = pipe_config(&c);
+    loom_train_config tc = train_config();
+    loom_parallel_t p = NULL;
+    CHECK_OK(loom_parallelize(m, &cc, &tc, &p));
+    return p;
+}
+
+// Two steps on pp2 x tp2 x dp2 (tied wte on both stages), save sharded, merge; resume on other
+// plans (pp4 with the embeddings and head on their own stages from the shards, one device
+// from the merged directory): the third step and the final parameters are the single-device
+// ones, and the merged directory holds every parameter once.
+static void test_checkpoint(const reference *ref) {
+    char tmp[] = "/tmp/loom-test-pipe-ckpt-XXXXXX", shards[600], merged[600];
+    if (!mkdtemp(tmp)) return;
+    snprintf(shards, sizeof shards, "%s/shards", tmp);
+    snprintf(merged, sizeof merged, "%s/merged", tmp);
+    loom_model_t m = make_model("gpt2");
+    loom_parallel_t p = start(m, (pipe_case){2, 2, 2, 2, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0});
+    for (int s = 0; p && s < 2; s++) CHECK_OK(loom_parallel_step(p, tokens, targets, NULL));
+    if (p) CHECK_OK(loom_parallel_save_sharded(p, shards));
+    loom_parallel_free(p);
+    loom_model_free(m);
+    CHECK_OK(loom_checkpoint_merge(shards, merged, gpt2_file_name));
+    loom_model_t hf = NULL;
+    CHECK_OK(loom_model_load(merged, &hf));
+    loom_model_free(hf);
+    struct { const char *from; pipe_case c; } resume[] = {
+        {shards, {4, 1, 1, 4, LOOM_SCHEDULE_GPIPE, 1, "0,1,1,0", NULL, 0}},
+        {merged, {1, 1, 1, 1, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0}},
+    };
+    for (int k = 0; k < 2; k++) {
+        m = make_model("gpt2");
+        p = start(m, resume[k].c);
+        if (!p) continue;
+        CHECK_OK(loom_parallel_load_checkpoint(p, resume[k].from));
+        loom_step_stats st;
+        CHECK_OK(loom_parallel_step(p, tokens, targets, &st));
+        CHECK_MSG(fabs(st.loss - ref->losses[2]) <= 1e-5 * fabs(ref->losses[2]),
+                  "resumed from %s (case %d): loss %.7f vs %.7f", resume[k].from, k, st.loss,
+                  ref->losses[2]);
+        CHECK_OK(loom_parallel_sync_model(p));
+        double worst = 0;
+        for (int i = 0; i < ref->n; i++) {
+            float *data;
+            int64_t n;
+            loom_model_tensor(m, loom_model_tensor_name(m, i, NULL, NULL), &data, &n);
+            double err = tu_max_rel_err(data, ref->params[i], (size_t)n, 1e-6);
+            if (err > worst) worst = err;
+        }
+        CHECK_MSG(worst < 1e-5, "resumed (case %d): parameters relative error %.3g", k, worst);
+        printf("saved on pp2 x tp2 x dp2, resumed on pp%d: loss %.7f, parameters %.1e\n",
+               resume[k].c.pp, st.loss, worst);
+        loom_parallel_free(p);
+        loom_model_free(m);
+    }
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    CHECK(system(cmd) == 0);
+}
+
 static void expect_error(pipe_case c, const char *fragment) {
     loom_model_t m = make_model("gpt2");
     loom_compute_config cc = pipe_config(&c);
@@ -262,11 +331,11 @@ static void expect_error(pipe_case c, const char *fragment) {
 }
 
 static void test_errors(void) {
-    expect_error((pipe_case){2, 1, 1, 3, LOOM_SCHEDULE_1F1B, 1, NULL, NULL}, "micro-batches");
-    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_1F1B, 2, NULL, NULL}, "1f1b_interleaved");
-    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_1F1B, 1, "1,1,1", NULL}, "pipeline_layers");
-    expect_error((pipe_case){4, 1, 1, 4, LOOM_SCHEDULE_1F1B, 1, "1,0,0,1", NULL}, "pipeline_layers");
-    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_INFER_PIPE, 1, NULL, NULL}, "infer_pipe");
+    expect_error((pipe_case){2, 1, 1, 3, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0}, "micro-batches");
+    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_1F1B, 2, NULL, NULL, 0}, "1f1b_interleaved");
+    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_1F1B, 1, "1,1,1", NULL, 0}, "pipeline_layers");
+    expect_error((pipe_case){4, 1, 1, 4, LOOM_SCHEDULE_1F1B, 1, "1,0,0,1", NULL, 0}, "pipeline_layers");
+    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_INFER_PIPE, 1, NULL, NULL, 0}, "infer_pipe");
 }
 
 int main(void) {
@@ -281,27 +350,30 @@ int main(void) {
     const loom_schedule F = LOOM_SCHEDULE_1F1B, G = LOOM_SCHEDULE_GPIPE,
                         I = LOOM_SCHEDULE_1F1B_INTERLEAVED;
     // pp2: every schedule, balanced and explicit stages, recomputation.
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, F, 1, NULL, NULL});
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, G, 1, "1,1", NULL});
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, I, 2, "0,1,1,0", NULL});
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, F, 1, NULL, "layers"});
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 2, G, 1, NULL, "attn"});
-    parity("llama", &llama, (pipe_case){2, 1, 1, 4, F, 1, NULL, NULL});
-    parity("llama", &llama, (pipe_case){2, 1, 1, 4, I, 2, "0,1,1,0", "layers"});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, F, 1, NULL, NULL, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, G, 1, "1,1", NULL, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, I, 2, "0,1,1,0", NULL, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, F, 1, NULL, "layers", 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 2, G, 1, NULL, "attn", 0});
+    parity("llama", &llama, (pipe_case){2, 1, 1, 4, F, 1, NULL, NULL, 0});
+    parity("llama", &llama, (pipe_case){2, 1, 1, 4, I, 2, "0,1,1,0", "layers", 0});
     // pp4: embeddings and head on their own stages.
-    parity("gpt2", &gpt2, (pipe_case){4, 1, 1, 4, F, 1, "0,1,1,0", NULL});
-    parity("gpt2", &gpt2, (pipe_case){4, 1, 1, 8, G, 1, "0,1,1,0", NULL});
-    parity("llama", &llama, (pipe_case){4, 1, 1, 4, F, 1, "0,1,1,0", "layers"});
-    parity("gpt2-4", &gpt4, (pipe_case){4, 1, 1, 8, F, 1, NULL, NULL});
-    parity("gpt2-4", &gpt4, (pipe_case){2, 1, 1, 4, I, 2, NULL, NULL});
+    parity("gpt2", &gpt2, (pipe_case){4, 1, 1, 4, F, 1, "0,1,1,0", NULL, 0});
+    parity("gpt2", &gpt2, (pipe_case){4, 1, 1, 8, G, 1, "0,1,1,0", NULL, 0});
+    parity("llama", &llama, (pipe_case){4, 1, 1, 4, F, 1, "0,1,1,0", "layers", 0});
+    parity("gpt2-4", &gpt4, (pipe_case){4, 1, 1, 8, F, 1, NULL, NULL, 0});
+    parity("gpt2-4", &gpt4, (pipe_case){2, 1, 1, 4, I, 2, NULL, NULL, 0});
     // Hybrids: pp2 x tp2, pp2 x dp2, pp2 x tp2 x dp2 (8 ranks).
-    parity("gpt2", &gpt2, (pipe_case){2, 2, 1, 2, F, 1, NULL, NULL});
-    parity("llama", &llama, (pipe_case){2, 2, 1, 4, G, 1, NULL, "layers"});
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 2, 2, F, 1, NULL, NULL});
-    parity("llama", &llama, (pipe_case){2, 1, 2, 2, I, 2, "0,1,1,0", NULL});
-    parity("gpt2", &gpt2, (pipe_case){2, 2, 2, 2, F, 1, NULL, NULL});
-    parity("llama", &llama, (pipe_case){2, 2, 2, 2, F, 1, NULL, "layers"});
+    parity("gpt2", &gpt2, (pipe_case){2, 2, 1, 2, F, 1, NULL, NULL, 0});
+    parity("llama", &llama, (pipe_case){2, 2, 1, 4, G, 1, NULL, "layers", 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 2, 2, F, 1, NULL, NULL, 0});
+    parity("llama", &llama, (pipe_case){2, 1, 2, 2, I, 2, "0,1,1,0", NULL, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 2, 2, 2, F, 1, NULL, NULL, 0});
+    parity("llama", &llama, (pipe_case){2, 2, 2, 2, F, 1, NULL, "layers", 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 2, 2, F, 1, NULL, NULL, 1});
+    parity("gpt2", &gpt2, (pipe_case){2, 2, 2, 4, G, 1, NULL, NULL, 1});
     test_memory_bound();
+    test_checkpoint(&gpt2);
     test_dummies();
     test_errors();
     reference_free(&gpt2);

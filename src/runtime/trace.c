@@ -20,6 +20,13 @@ static const char *category(const loom_runner *r, const loom_instr *in) {
                                           : "forward";
 }
 
+// Instructions that belong to one micro-batch (the others act on the whole step).
+static int per_micro(loom_instr_kind kind) {
+    return kind == LOOM_INSTR_LOAD_BATCH || kind == LOOM_INSTR_SEED_GRAD ||
+           kind == LOOM_INSTR_RECORD_LOSS || kind == LOOM_INSTR_FORWARD ||
+           kind == LOOM_INSTR_BACKWARD || kind == LOOM_INSTR_SEND || kind == LOOM_INSTR_RECV;
+}
+
 static json_t *event(const char *name, const char *cat, int rank, double start, double end,
                      double origin) {
     return json_pack("{s:s, s:s, s:s, s:f, s:f, s:i, s:i}", "name", name, "cat", cat, "ph", "X",
@@ -64,6 +71,9 @@ loom_status loom__trace_write(const char *path, loom_runner *const *runners, con
                 json_array_append_new(events, event("idle", "idle", ranks[k],
                                                     r->events[e - 1].end, ev->start, origin));
             json_t *j = event(name, category(r, in), ranks[k], ev->start, ev->end, origin);
+            // Which micro-batch: the schedule (1F1B, GPipe) reads off the timeline.
+            if (j && r->prog->micro_batches > 1 && per_micro(in->kind))
+                json_object_set_new(j, "args", json_pack("{s:i}", "micro", in->arg));
             if (!j || json_array_append_new(events, j) < 0) goto nomem;
         }
     }
