@@ -779,10 +779,10 @@ loom_status loom_parallel_train_step(loom_parallel_t p, const loom_sample *sampl
 
 loom_status loom_parallel_infer_step(loom_parallel_t p, const loom_sample *samples, int n,
                                      float *losses) {
-    if (n < 1) return loom__error(LOOM_ERR_INVALID, "loom_parallel_infer_step: no samples");
-    if (n > p->micros && n % p->pp != 0)
-        return loom__error(LOOM_ERR_INVALID, "loom_parallel_infer_step: %d samples; at most %d "
-                           "per call", n, p->micros);
+    if (n < 1 || n > p->micros)
+        return loom__error(LOOM_ERR_INVALID, "loom_parallel_infer_step: %d samples given; this "
+                           "run takes 1 to %d per call (grad_accum x pipeline_nmicros)", n,
+                           p->micros);
     LOOM_CHECK(set_samples(p, samples, n, n, "loom_parallel_infer_step"));
     p->eval_micros = n;
     LOOM_CHECK(loom__run_ranks(p, rank_eval));
