@@ -1,5 +1,6 @@
 // Tests of the loom command-line tool, run as a child process: help and usage errors (exit 2),
-// bad input files (exit 1, naming the file), and a tiny train -> save -> generate -> reload run.
+// bad input files (exit 1, naming the file), a tiny train -> save -> generate -> reload run,
+// parallel runs with sharded checkpoints, and pipelines (trace, hybrid, parity, bad flags).
 
 #include "io-testutil.h"
 
@@ -146,7 +147,8 @@ static void test_help(void) {
     const char *flags[] = {"--model-dir", "--model",     "--data",       "--steps", "--batch",
                            "--seq",       "--lr",        "--weight-decay", "--beta1", "--beta2",
                            "--eps",       "--grad-clip", "--grad-accum", "--save",  "--log-json",
-                           "--optimizer", "--threads"};
+                           "--optimizer", "--threads", "--pp", "--micro-batches", "--schedule",
+                           "--virtual-stages", "--pp-layers", "--pp-pivots", "pipeline ranks"};
     for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
         CHECK_MSG(has(r.out, flags[i]), "train --help lacks %s", flags[i]);
     run_free(&r);
@@ -449,6 +451,137 @@ static void test_parallel_save_merge_resume(void) {
 #undef MODEL
 }
 
+// Every loss of a --log-json run, in step order; returns how many.
+static int json_losses(const char *out, double *losses, int cap) {
+    int n = 0;
+    for (const char *p = out; p && *p && n < cap; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+        json_error_t e;
+        json_t *j = json_loadb(p, strcspn(p, "\n"), 0, &e);
+        if (!j) break;
+        losses[n++] = json_number_value(json_object_get(j, "loss"));
+        json_decref(j);
+    }
+    return n;
+}
+
+// The line of `s` that starts with `prefix` (a copy without the newline), or "" when none.
+static void line_starting(const char *s, const char *prefix, char *buf, size_t cap) {
+    size_t n = strlen(prefix);
+    buf[0] = '\0';
+    for (const char *p = s; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, prefix, n) == 0) {
+            snprintf(buf, cap, "%.*s", (int)strcspn(p, "\n"), p);
+            return;
+        }
+}
+
+// Pipelines from the CLI on the bundled example data: a 2-stage 1F1B run writes a trace with
+// sends and receives on both ranks' tracks and prints the single-device losses; a hybrid
+// (2 stages x 2-way tensor parallel) run trains and reports memory per rank; bad pipeline
+// flags fail naming the flag.
+static void test_pipeline(void) {
+    const char *licenses = LOOM_TEST_DATA "/../../examples/data/licenses.txt";
+    CHECK_MSG(access(licenses, R_OK) == 0, "%s missing", licenses);
+    char trace[600];
+    snprintf(trace, sizeof trace, "%s/pipeline-trace.json", tu_scratch);
+#define MODEL "--model", "gpt2", "--layers", "2", "--embd", "32", "--heads", "2", "--ctx", "32", \
+              "--data", licenses, "--batch", "8", "--seq", "16", "--steps", "3", "--threads", "1"
+    enum { STEPS = 3 };
+    run_result single = run_cli("train", MODEL, "--log-json", NULL);
+    CHECK_RUN(single, 0, "single-device run");
+    double want[STEPS + 1], got[STEPS + 1];
+    CHECK(json_losses(single.out, want, STEPS + 1) == STEPS);
+
+    run_result pp = run_cli("train", MODEL, "--log-json", "--devices", "2", "--pp", "2",
+                            "--micro-batches", "4", "--schedule", "1f1b", "--trace", trace, NULL);
+    CHECK_RUN(pp, 0, "pp 2, 1f1b");
+    check_json_log("pp 2", pp.out, STEPS);  // stdout holds the JSON lines and nothing else
+    CHECK(json_losses(pp.out, got, STEPS + 1) == STEPS);
+    for (int s = 0; s < STEPS; s++)
+        CHECK_MSG(fabs(got[s] - want[s]) <= 1e-5 * fabs(want[s]), "pp 2 step %d loss %.6f, "
+                  "single device %.6f", s + 1, got[s], want[s]);
+    // The allocation: stage 0 holds the first layer, stage 1 the second; the tied wte both.
+    char line[256];
+    CHECK_MSG(has(pp.err, "2 pipeline ranks x 1 device per stage, policy pp, schedule 1f1b"),
+              "allocation header:\n%s", pp.err);
+    char m[64], c0[16], c1[16];
+    line_starting(pp.err, "  h.0.attn ", line, sizeof line);
+    CHECK_MSG(sscanf(line, "%63s %15s %15s", m, c0, c1) == 3 && !strcmp(c0, "all") &&
+                  !strcmp(c1, "-"), "h.0.attn allocation: '%s'\n%s", line, pp.err);
+    line_starting(pp.err, "  h.1.attn ", line, sizeof line);
+    CHECK_MSG(sscanf(line, "%63s %15s %15s", m, c0, c1) == 3 && !strcmp(c0, "-") &&
+                  !strcmp(c1, "all"), "h.1.attn allocation: '%s'\n%s", line, pp.err);
+    // The trace: JSON with both ranks' tracks, each with p2p sends and receives.
+    json_error_t e;
+    json_t *root = json_load_file(trace, 0, &e);
+    CHECK_MSG(root != NULL, "%s: %s (line %d)", trace, e.text, e.line);
+    json_t *events = json_object_get(root, "traceEvents");
+    CHECK(json_is_array(events));
+    int on_track[2] = {0, 0}, sends[2] = {0, 0}, recvs[2] = {0, 0};
+    for (size_t i = 0; i < json_array_size(events); i++) {
+        json_t *ev = json_array_get(events, i);
+        json_int_t tid = json_integer_value(json_object_get(ev, "tid"));
+        const char *cat = json_string_value(json_object_get(ev, "cat"));
+        const char *name = json_string_value(json_object_get(ev, "name"));
+        if (tid < 0 || tid > 1 || !cat || !name) continue;
+        on_track[tid]++;
+        if (!strcmp(cat, "p2p") && !strncmp(name, "send ", 5)) sends[tid]++;
+        if (!strcmp(cat, "p2p") && !strncmp(name, "recv ", 5)) recvs[tid]++;
+    }
+    for (int t = 0; t < 2; t++)
+        CHECK_MSG(on_track[t] > 0 && sends[t] > 0 && recvs[t] > 0, "trace track %d: %d events, "
+                  "%d sends, %d receives", t, on_track[t], sends[t], recvs[t]);
+    json_decref(root);
+    run_free(&single), run_free(&pp);
+
+    // Hybrid: --plan-devices 4 over --pp 2 makes tensor-parallel stages without --policy.
+    run_result hy = run_cli("train", MODEL, "--devices", "4", "--pp", "2", "--plan-devices", "4",
+                            NULL);
+    CHECK_RUN(hy, 0, "hybrid pp 2 x tp 2");
+    CHECK_MSG(has(hy.err, "2 pipeline ranks x 2 devices per stage, policy hybrid") &&
+                  has(hy.err, "trained 3 steps"), "%s", hy.err);
+    for (int r = 0; r < 4; r++) {  // memory per rank of the first copy
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "  rank %d (pipeline rank %d): parameters ", r, r / 2);
+        CHECK_MSG(has_line_starting(hy.err, prefix), "no memory line for rank %d:\n%s", r, hy.err);
+    }
+    line_starting(hy.err, "step 3/3 loss ", line, sizeof line);
+    double last = NAN;
+    CHECK_MSG(sscanf(line, "step 3/3 loss %lf", &last) == 1 && fabs(last - want[STEPS - 1]) < 1e-4,
+              "hybrid final loss '%s', single device %.6f", line, want[STEPS - 1]);
+    run_free(&hy);
+
+    // Bad pipeline flags: a non-zero exit and a message naming the flag.
+    struct {
+        const char *flag, *a[6];
+    } bad[] = {
+        {"--schedule", {"--pp", "2", "--schedule", "foo"}},
+        {"--pp", {"--pp", "3", "--devices", "2"}},
+        {"--pp-layers", {"--pp", "2", "--pp-layers", "1,x"}},
+        {"--pp-layers", {"--pp", "2", "--pp-layers", "1,1,1"}},
+        {"--plan-devices", {"--pp", "2", "--plan-devices", "3", "--devices", "6"}},
+        {"--micro-batches", {"--pp", "2", "--micro-batches", "3"}},
+        {"--virtual-stages", {"--pp", "2", "--virtual-stages", "2"}},
+        {"--schedule", {"--schedule", "gpipe"}},  // no pipeline
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char **a = bad[i].a;
+        run_result r = run_cli("train", MODEL, a[0], a[1], a[2], a[3], a[4], a[5], NULL);
+        CHECK_MSG(r.code != 0 && r.code != -1 && has(r.err, bad[i].flag),
+                  "%s %s %s %s: exit %d, stderr: %s", a[0], a[1], a[2], a[3], r.code, r.err);
+        CHECK_MSG(r.code == 2 && has_line_starting(r.err, "usage:"), "%s %s %s %s: not a usage "
+                  "error (%d)", a[0], a[1], a[2], a[3], r.code);
+        run_free(&r);
+    }
+    {  // the valid schedules are listed
+        run_result r = run_cli("train", MODEL, "--pp", "2", "--schedule", "foo", NULL);
+        CHECK_MSG(has(r.err, "1f1b") && has(r.err, "gpipe") && has(r.err, "1f1b_interleaved"),
+                  "%s", r.err);
+        run_free(&r);
+    }
+#undef MODEL
+}
+
 int main(void) {
     if (access(LOOM_CLI_PATH, X_OK) != 0) {
         fprintf(stderr, "loom CLI not found at %s\n", LOOM_CLI_PATH);
@@ -464,6 +597,7 @@ int main(void) {
     test_bad_inputs();
     test_train_save_generate();
     test_parallel_save_merge_resume();
+    test_pipeline();
     tu_remove_tree(tu_scratch);
     return tu_finish();
 }

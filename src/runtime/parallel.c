@@ -826,41 +826,81 @@ static void module_group(const char *name, char *buf, size_t cap) {
 }
 
 void loom_parallel_print_allocation(loom_parallel_t p, FILE *f) {
-    const rank_state *rs = &p->ranks[0];  // every unit's ranks hold the same shares
-    fprintf(f, "device allocation: %d ranks = %d unit%s x %d devices, policy %s, comm %s%s\n",
-            p->nranks, p->units, p->units > 1 ? "s (data parallel)" : "", p->parts,
-            loom_policy_name(p->cc.policy), loom_comm_kind_name(p->cc.comm),
-            p->cc.use_zero && p->units > 1 ? ", ZeRO-1" : "");
-    int shown = p->nranks < 8 ? p->nranks : 8;
+    if (p->pp > 1)
+        fprintf(f, "device allocation: %d ranks = %d unit%s x %d pipeline ranks x %d device%s per "
+                "stage, policy %s, schedule %s, %d micro-batch%s, comm %s%s\n", p->nranks,
+                p->units, p->units > 1 ? "s (data parallel)" : "", p->pp, p->tp,
+                p->tp > 1 ? "s" : "", loom_policy_name(p->cc.policy),
+                loom_schedule_name(p->cc.pipeline_scheduler), p->nmicros,
+                p->nmicros > 1 ? "es" : "", loom_comm_kind_name(p->cc.comm),
+                p->cc.use_zero && p->units > 1 ? ", ZeRO-1" : "");
+    else
+        fprintf(f, "device allocation: %d ranks = %d unit%s x %d devices, policy %s, comm %s%s\n",
+                p->nranks, p->units, p->units > 1 ? "s (data parallel)" : "", p->parts,
+                loom_policy_name(p->cc.policy), loom_comm_kind_name(p->cc.comm),
+                p->cc.use_zero && p->units > 1 ? ", ZeRO-1" : "");
+    enum { SHOWN = 8 };
+    int shown = p->nranks < SHOWN ? p->nranks : SHOWN;
     fprintf(f, "  %-28s", "module");
     for (int r = 0; r < shown; r++) fprintf(f, " %7s%d", "rank", r);
     if (shown < p->nranks) fprintf(f, "  ...");
     fputc('\n', f);
+    // The shown ranks this process holds (all of them on the local comm): each one's share of a
+    // module group comes from its own leaves; '-' for another process's ranks and for groups a
+    // rank holds nothing of (other pipeline stages).
+    const rank_state *held[SHOWN] = {0};
+    for (int k = 0; k < p->n_held; k++)
+        if (p->ranks[k].rank < shown) held[p->ranks[k].rank] = &p->ranks[k];
+    const loom_graph *g = p->global;
     char group[256] = "", prev[256] = "";
-    double held = 0, total = 0;
-    for (int i = 0; i <= rs->lg.n_leaves; i++) {
-        const loom_local_leaf *leaf = i < rs->lg.n_leaves ? &rs->lg.leaves[i] : NULL;
-        const loom_value_info *gv = leaf ? &p->global->values[leaf->global] : NULL;
-        if (leaf && gv->role != LOOM_ROLE_PARAM) continue;
-        if (leaf) module_group(gv->name, group, sizeof group);
-        if (prev[0] && (!leaf || strcmp(group, prev) != 0)) {
-            char cell[16];
-            if (held >= total) snprintf(cell, sizeof cell, "all");
-            else snprintf(cell, sizeof cell, "%.0f%%", 100.0 * held / total);
+    double total = 0, have[SHOWN] = {0};
+    int any[SHOWN] = {0};
+    for (int v = 0; v <= g->n_values; v++) {
+        const loom_value_info *gv = v < g->n_values ? &g->values[v] : NULL;
+        if (gv && gv->role != LOOM_ROLE_PARAM) continue;
+        if (gv) module_group(gv->name, group, sizeof group);
+        if (prev[0] && (!gv || strcmp(group, prev) != 0)) {
             fprintf(f, "  %-28s", prev);
-            for (int r = 0; r < shown; r++) fprintf(f, " %8s", cell);
+            for (int r = 0; r < shown; r++) {
+                char cell[16];
+                if (!held[r] || !any[r]) snprintf(cell, sizeof cell, "-");
+                else if (have[r] >= total) snprintf(cell, sizeof cell, "all");
+                else snprintf(cell, sizeof cell, "%.0f%%", 100.0 * have[r] / total);
+                fprintf(f, " %8s", cell);
+                have[r] = 0, any[r] = 0;
+            }
             fputc('\n', f);
-            held = total = 0;
+            total = 0;
         }
-        if (!leaf) break;
+        if (!gv) break;
         snprintf(prev, sizeof prev, "%s", group);
-        total += (double)loom__value_numel(p->global, leaf->global);
-        held += (double)loom__value_numel(rs->lg.graph, leaf->local);
+        total += (double)loom__value_numel(g, v);
+        for (int r = 0; r < shown; r++) {
+            const loom_local_leaf *leaf = held[r] ? find_leaf(held[r], v) : NULL;
+            if (!leaf) continue;
+            any[r] = 1;
+            have[r] += (double)loom__value_numel(held[r]->lg.graph, leaf->local);
+        }
     }
-    loom_memory_stats m = loom_parallel_memory(p, rs->rank);
-    fprintf(f, "  per rank: parameters %.2f MB, gradients %.2f MB, optimizer state %.2f MB, "
-            "activations %.2f MB (planned)\n", m.parameters / 1e6, m.gradients / 1e6,
-            m.optimizer / 1e6, m.activations / 1e6);
+    if (p->pp == 1) {  // every rank of a unit holds an equal share
+        loom_memory_stats m = loom_parallel_memory(p, p->ranks[0].rank);
+        fprintf(f, "  per rank: parameters %.2f MB, gradients %.2f MB, optimizer state %.2f MB, "
+                "activations %.2f MB (planned)\n", m.parameters / 1e6, m.gradients / 1e6,
+                m.optimizer / 1e6, m.activations / 1e6);
+        return;
+    }
+    // Pipelines: the stages differ; one line per pipeline rank of the first unit held here.
+    for (int k = 0; k < p->n_held; k++) {
+        const rank_state *rs = &p->ranks[k];
+        if (rs->unit != 0 || rs->tp_index != 0) continue;
+        loom_memory_stats m = loom_parallel_memory(p, rs->rank);
+        char who[64];
+        if (p->tp > 1) snprintf(who, sizeof who, "ranks %d-%d, each", rs->rank, rs->rank + p->tp - 1);
+        else snprintf(who, sizeof who, "rank %d", rs->rank);
+        fprintf(f, "  pipeline rank %d (%s): parameters %.2f MB, gradients %.2f MB, optimizer "
+                "state %.2f MB, activations %.2f MB (planned)\n", rs->pipe_rank, who,
+                m.parameters / 1e6, m.gradients / 1e6, m.optimizer / 1e6, m.activations / 1e6);
+    }
 }
 
 loom_status loom_parallel_write_trace(loom_parallel_t p, const char *path) {

@@ -4,6 +4,7 @@
 
 #include "loom/parallel.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,13 +35,26 @@ static void print_help(void) {
            "                         of keeping their activations: module names (path suffixes,\n"
            "                         e.g. attn,mlp) or 'layers' for every layer\n"
            "parallel:\n"
-           "  --devices N            ranks in all (default 1); --batch is the global batch\n"
+           "  --devices N            ranks in all (default 1; with --pp: one copy, P); --batch is\n"
+           "                         the global batch\n"
            "  --plan-devices P       ranks holding one model copy (default: 1 with --policy dp,\n"
-           "                         N otherwise); the N / P copies run data parallel\n"
-           "  --policy dp|tp|data|FILE.json\n"
+           "                         N otherwise; with --pp S: S for pp and dp); the N / P\n"
+           "                         copies run data parallel\n"
+           "  --policy dp|tp|data|pp|hybrid|FILE.json\n"
            "                         inside a copy: replicate (dp), Megatron tensor parallel\n"
-           "                         (tp), split every op on the batch (data), or follow a plan\n"
-           "                         file (see docs/parallel.md); default dp\n"
+           "                         (tp), split every op on the batch (data), pipeline stages\n"
+           "                         on one device each (pp) or tensor parallel (hybrid), or\n"
+           "                         follow a plan file (see docs/parallel.md); default dp, with\n"
+           "                         --pp S: pp, or hybrid when --plan-devices is a larger\n"
+           "                         multiple of S\n"
+           "  --pp S                 pipeline ranks per copy (default 1: no pipeline)\n"
+           "  --micro-batches M      split each --batch into M micro-batches (default 1)\n"
+           "  --schedule NAME        pipeline schedule: 1f1b (default), gpipe or 1f1b_interleaved\n"
+           "  --virtual-stages V     model chunks per pipeline rank (default 2 for 1f1b_interleaved)\n"
+           "  --pp-layers LIST       layers per stage, e.g. 0,-1,-1,0 (-1: share the rest evenly)\n"
+           "  --pp-pivots LIST       modules where a stage may start, e.g. h.2,h.4 or layers\n"
+           "  device layout: ranks (N) = copies (N / P) x pipeline ranks (S) x devices per stage\n"
+           "  (P / S); rank = copy x P + pipeline rank x (P / S) + index in the stage\n"
            "  --comm local|mpi       ranks as threads of this process (local, default) or one\n"
            "                         process per rank under mpirun (chosen by itself there)\n"
            "  --save-sharded DIR     write a sharded checkpoint (one file per rank of the first\n"
@@ -62,8 +76,85 @@ static void print_help(void) {
            "  --sample N             generate N tokens at the end (default 0)\n"
            "  --prompt TEXT          prompt for --sample (default: the data's first bytes)\n"
            "  --profile              print time per op at the end\n"
-           "  --trace FILE.json      write a timeline of every kernel and collective per rank\n"
-           "                         (Chrome trace events; open it in Perfetto)\n");
+           "  --trace FILE.json      write a timeline of every kernel, collective and pipeline\n"
+           "                         send/recv per rank (Chrome trace events; open it in\n"
+           "                         Perfetto, https://ui.perfetto.dev)\n");
+}
+
+// --pp-layers: one layer count per stage (pipeline ranks x virtual stages), each an integer
+// >= 0 or -1 (a share of the layers the others leave). The library checks them against the
+// model.
+static void check_pp_layers(const cli_ctx *c, const char *list, int stages, int chunks) {
+    int n = 0;
+    for (const char *p = list;; p += strcspn(p, ",") + 1) {
+        size_t len = strcspn(p, ",");
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        n++;
+        if (len == 0 || end != p + len || errno || v < -1 || v > 1 << 24)
+            cli_usage_error(c, "--pp-layers: entry %d ('%.*s') of '%s' is not a layer count (an "
+                            "integer >= 0, or -1 to share the rest)", n, (int)len, p, list);
+        if (!p[len]) break;
+    }
+    if (n != stages * chunks)
+        cli_usage_error(c, "--pp-layers '%s' has %d entr%s but there are %d stages (--pp %d x %d "
+                        "virtual stage%s), one entry each", list, n, n == 1 ? "y" : "ies",
+                        stages * chunks, stages, chunks, chunks == 1 ? "" : "s");
+}
+
+// The pipeline flags among themselves (the devices and the batch are checked by the caller).
+static void check_pipeline_flags(const cli_ctx *c, loom_compute_config *cc, const char *schedule) {
+    int S = cc->pipeline_nstages;
+    if (schedule) {
+        int k = loom_schedule_from_name(schedule);
+        if (k < 0 || k == LOOM_SCHEDULE_INFER_PIPE)
+            cli_usage_error(c, "--schedule: '%s' is not 1f1b, gpipe or 1f1b_interleaved", schedule);
+        cc->pipeline_scheduler = (loom_schedule)k;
+    }
+    const char *needs_pp = schedule                ? "--schedule"
+                           : cc->pipeline_nchunks  ? "--virtual-stages"
+                           : cc->pipeline_layers   ? "--pp-layers"
+                           : cc->pipeline_pivots   ? "--pp-pivots"
+                                                   : NULL;
+    if (S == 1 && needs_pp)
+        cli_usage_error(c, "%s applies to pipelines: give --pp S with S > 1 too", needs_pp);
+    int interleaved = cc->pipeline_scheduler == LOOM_SCHEDULE_1F1B_INTERLEAVED;
+    int chunks = cc->pipeline_nchunks ? cc->pipeline_nchunks : interleaved ? 2 : 1;
+    if (cc->pipeline_scheduler == LOOM_SCHEDULE_1F1B && chunks > 1)
+        cli_usage_error(c, "--virtual-stages %d needs --schedule 1f1b_interleaved (or gpipe): "
+                        "1f1b runs one model chunk per pipeline rank", chunks);
+    if (interleaved && chunks < 2)
+        cli_usage_error(c, "--virtual-stages %d with --schedule 1f1b_interleaved: interleaving "
+                        "needs 2 or more model chunks per pipeline rank", chunks);
+    if (interleaved && cc->pipeline_nmicros % S)
+        cli_usage_error(c, "--micro-batches %d with --schedule 1f1b_interleaved must be a "
+                        "multiple of --pp %d", cc->pipeline_nmicros, S);
+    if (cc->pipeline_layers && cc->pipeline_pivots)
+        cli_usage_error(c, "give --pp-layers (a fixed split) or --pp-pivots (balanced cuts), not "
+                        "both");
+    if (cc->pipeline_layers) check_pp_layers(c, cc->pipeline_layers, S, chunks);
+    if (cc->pipeline_pivots) {
+        const char *p = cc->pipeline_pivots;
+        if (!*p || *p == ',' || p[strlen(p) - 1] == ',' || strstr(p, ",,"))
+            cli_usage_error(c, "--pp-pivots: '%s' has an empty module name", p);
+    }
+}
+
+// After a pipeline run: each rank of the first copy with its memory by category (ranks held by
+// another MPI process are not known here).
+static void print_pipeline_memory(loom_parallel_t par, const loom_compute_config *cc, FILE *f) {
+    int per_stage = cc->plan_ndevices / cc->pipeline_nstages;
+    fprintf(f, "memory per rank of the first model copy (MB):\n");
+    for (int r = 0; r < cc->plan_ndevices; r++) {
+        if (cc->comm != LOOM_COMM_LOCAL && r != loom_parallel_rank(par)) continue;
+        loom_memory_stats m = loom_parallel_memory(par, r);
+        fprintf(f, "  rank %d (pipeline rank %d): parameters %.2f, gradients %.2f, optimizer %.2f, "
+                "activations %.2f, buffers %.2f\n", r, r / per_stage, m.parameters / 1e6,
+                m.gradients / 1e6, m.optimizer / 1e6, m.activations / 1e6, m.buffers / 1e6);
+    }
+    if (cc->comm != LOOM_COMM_LOCAL && cc->plan_ndevices > 1)
+        fprintf(f, "  (the other ranks are other processes: not shown)\n");
 }
 
 int cmd_train(int argc, char **argv) {
@@ -90,10 +181,14 @@ int cmd_train(int argc, char **argv) {
         {"constraints", required_argument, 0, 0}, {"recompute", required_argument, 0, 0},
         {"trace", required_argument, 0, 0}, {"comm-timeout", required_argument, 0, 0},
         {"zero-groups", required_argument, 0, 0}, {"zero-reduce-scatter", required_argument, 0, 0},
+        {"pp", required_argument, 0, 0}, {"micro-batches", required_argument, 0, 0},
+        {"schedule", required_argument, 0, 0}, {"virtual-stages", required_argument, 0, 0},
+        {"pp-layers", required_argument, 0, 0}, {"pp-pivots", required_argument, 0, 0},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     loom_compute_config cc = loom_compute_config_default();
-    int plan_devices = 0;
-    const char *policy = "dp", *comm = NULL, *save_sharded = NULL, *resume = NULL;
+    int plan_devices = 0, devices_given = 0;
+    const char *policy = NULL, *comm = NULL, *save_sharded = NULL, *resume = NULL;
+    const char *schedule = NULL;
     const char *constraints_path = NULL, *trace_path = NULL;
     const char *name, *arg;
     while ((name = cli_next_option(&c, argc, argv, opts, &arg))) {
@@ -121,7 +216,10 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "sample")) sample = cli_int(&c, name, arg, 0, 1 << 20);
         else if (!strcmp(name, "prompt")) prompt = arg;
         else if (!strcmp(name, "profile")) profile = 1;
-        else if (!strcmp(name, "devices")) cc.runtime_ndevices = cli_int(&c, name, arg, 1, 1 << 16);
+        else if (!strcmp(name, "devices")) {
+            cc.runtime_ndevices = cli_int(&c, name, arg, 1, 1 << 16);
+            devices_given = 1;
+        }
         else if (!strcmp(name, "plan-devices")) plan_devices = cli_int(&c, name, arg, 1, 1 << 16);
         else if (!strcmp(name, "policy")) policy = arg;
         else if (!strcmp(name, "comm")) comm = arg;
@@ -133,6 +231,14 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "trace")) trace_path = arg, tc.trace = 1;
         else if (!strcmp(name, "comm-timeout")) cc.timeout_s = cli_float(&c, name, arg, 0.001, 1e6);
         else if (!strcmp(name, "zero-groups")) cc.zero_ngroups = cli_int(&c, name, arg, 1, 1 << 16);
+        else if (!strcmp(name, "pp")) cc.pipeline_nstages = cli_int(&c, name, arg, 1, 64);
+        else if (!strcmp(name, "micro-batches"))
+            cc.pipeline_nmicros = cli_int(&c, name, arg, 1, 1 << 16);
+        else if (!strcmp(name, "schedule")) schedule = arg;
+        else if (!strcmp(name, "virtual-stages"))
+            cc.pipeline_nchunks = cli_int(&c, name, arg, 1, 1 << 10);
+        else if (!strcmp(name, "pp-layers")) cc.pipeline_layers = arg;
+        else if (!strcmp(name, "pp-pivots")) cc.pipeline_pivots = arg;
         else if (!strcmp(name, "zero-reduce-scatter")) {
             if (strcmp(arg, "on") && strcmp(arg, "off"))
                 cli_usage_error(&c, "--zero-reduce-scatter: '%s' is not on or off", arg);
@@ -146,26 +252,60 @@ int cmd_train(int argc, char **argv) {
     else if (!strcmp(optimizer, "sgd")) tc.optimizer = LOOM_OPTIM_SGD;
     else cli_usage_error(&c, "--optimizer: '%s' is not adamw or sgd", optimizer);
     tc.profile = profile;
+    // Pipelines: --pp S pipeline ranks per model copy, each stage on (copy's devices) / S.
+    int S = cc.pipeline_nstages;
+    check_pipeline_flags(&c, &cc, schedule);
+    if (S > 1 && plan_devices % S)
+        cli_usage_error(&c, "--plan-devices %d is not a multiple of --pp %d: each pipeline rank "
+                        "gets plan-devices / pp devices", plan_devices, S);
+    // With --pp and no --policy: one device per stage (pp), or tensor-parallel stages (hybrid)
+    // when the copy has more devices than stages.
+    if (!policy) policy = S == 1 ? "dp" : plan_devices > S ? "hybrid" : "pp";
     size_t plen = strlen(policy);
+    int named = loom_policy_from_name(policy);
     if (plen > 5 && !strcmp(policy + plen - 5, ".json")) {
         cc.policy = LOOM_POLICY_FILE;
         cc.plan_file = policy;
-    } else if (loom_policy_from_name(policy) >= 0 && loom_policy_from_name(policy) <= LOOM_POLICY_DATA) {
-        cc.policy = (loom_policy)loom_policy_from_name(policy);
+    } else if (named == LOOM_POLICY_DP || named == LOOM_POLICY_TP || named == LOOM_POLICY_DATA ||
+               named == LOOM_POLICY_PP || named == LOOM_POLICY_HYBRID) {
+        cc.policy = (loom_policy)named;
     } else {
-        cli_usage_error(&c, "--policy: '%s' is not dp, tp, data or a plan file (.json)", policy);
+        cli_usage_error(&c, "--policy: '%s' is not dp, tp, data, pp, hybrid or a plan file (.json)",
+                        policy);
     }
     if (comm && strcmp(comm, "local") && strcmp(comm, "mpi"))
         cli_usage_error(&c, "--comm: '%s' is not local or mpi", comm);
     cc.comm = (comm ? !strcmp(comm, "mpi") : loom_comm_mpi_launched()) ? LOOM_COMM_MPI
                                                                         : LOOM_COMM_LOCAL;
+    // A copy's devices: --plan-devices, else the S stages for dp and pp, else all of them.
     cc.plan_ndevices = plan_devices ? plan_devices
-                       : cc.policy == LOOM_POLICY_DP ? 1 : cc.runtime_ndevices;
-    if (cc.runtime_ndevices % cc.plan_ndevices)
-        cli_usage_error(&c, "--devices %d is not a multiple of --plan-devices %d",
-                        cc.runtime_ndevices, cc.plan_ndevices);
-    // Checkpoints go through the parallel trainer (one rank is a plan too).
-    int parallel = cc.runtime_ndevices > 1 || cc.comm == LOOM_COMM_MPI || save_sharded || resume;
+                       : cc.policy == LOOM_POLICY_DP || cc.policy == LOOM_POLICY_PP
+                           ? S
+                           : cc.runtime_ndevices;
+    if (cc.policy == LOOM_POLICY_PP && cc.plan_ndevices != S)
+        cli_usage_error(&c, "--policy pp puts each stage on one device: --plan-devices %d must "
+                        "equal --pp %d (--policy hybrid makes the stages tensor parallel)",
+                        cc.plan_ndevices, S);
+    if (cc.plan_ndevices % S)  // the copy spans --devices
+        cli_usage_error(&c, "--devices %d is not a multiple of --pp %d: with --policy %s a model "
+                        "copy spans every device and each pipeline rank gets devices / pp of them",
+                        cc.runtime_ndevices, S, policy);
+    if (S > 1 && !devices_given) cc.runtime_ndevices = cc.plan_ndevices;  // one copy
+    if (cc.runtime_ndevices % cc.plan_ndevices) {
+        if (plan_devices || S == 1)
+            cli_usage_error(&c, "--devices %d is not a multiple of --plan-devices %d",
+                            cc.runtime_ndevices, cc.plan_ndevices);
+        cli_usage_error(&c, "--devices %d is not a multiple of the %d ranks of one model copy "
+                        "(--pp %d)", cc.runtime_ndevices, cc.plan_ndevices, S);
+    }
+    int copies = cc.runtime_ndevices / cc.plan_ndevices;
+    if (cc.pipeline_nmicros > 1 && tc.batch % (copies * cc.pipeline_nmicros))
+        cli_usage_error(&c, "--batch %d does not split into %d model cop%s x --micro-batches %d",
+                        tc.batch, copies, copies == 1 ? "y" : "ies", cc.pipeline_nmicros);
+    // Checkpoints go through the parallel trainer (one rank is a plan too), and so do
+    // micro-batches.
+    int parallel = cc.runtime_ndevices > 1 || cc.comm == LOOM_COMM_MPI || save_sharded || resume ||
+                   cc.pipeline_nmicros > 1;
 
     loom_constraints_t constraints = NULL;
     if (constraints_path && loom_constraints_load(constraints_path, &constraints) < 0)
@@ -275,13 +415,14 @@ int cmd_train(int argc, char **argv) {
         fprintf(info, "trained %d steps in %.1f s (%.0f tokens/s)\n", steps, elapsed,
                 (double)steps * (double)per_step / elapsed);
     if (profile && trainer) loom_trainer_profile(trainer, stderr);
+    if (par && S > 1 && !log_json) print_pipeline_memory(par, &cc, info);
     if (trace_path) {
         if ((par ? loom_parallel_write_trace(par, trace_path)
                  : loom_trainer_write_trace(trainer, trace_path)) < 0) {
             rc = cli_fail("train", "writing the trace");
             goto done;
         }
-        fprintf(info, "wrote the timeline to %s (open it in Perfetto)\n", trace_path);
+        fprintf(info, "wrote the timeline to %s (open it in Perfetto: https://ui.perfetto.dev)\n", trace_path);
     }
     if (save_sharded) {
         if (loom_parallel_save_sharded(par, save_sharded) < 0) {
