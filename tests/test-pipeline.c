@@ -89,6 +89,7 @@ typedef struct pipe_case {
     const char *layers;     // NULL: balanced
     const char *recompute;  // NULL: none
     int zero;               // ZeRO-1 over the data-parallel units
+    int measured;           // balance by measured op costs
 } pipe_case;
 
 static loom_compute_config pipe_config(const pipe_case *c) {
@@ -104,6 +105,7 @@ static loom_compute_config pipe_config(const pipe_case *c) {
     cc.bucket_bytes = 4096;
     cc.timeout_s = 30;
     cc.use_zero = c->zero;
+    cc.pipeline_measured = c->measured;
     return cc;
 }
 
@@ -112,7 +114,7 @@ static void parity(const char *name, const reference *ref, pipe_case c) {
     snprintf(what, sizeof what, "%s pp%d tp%d dp%d m%d %s chunks %d layers %s%s%s%s", name, c.pp,
              c.tp, c.dp, c.micros, loom_schedule_name(c.schedule), c.chunks ? c.chunks : 1,
              c.layers ? c.layers : "balanced", c.recompute ? " recompute " : "",
-             c.recompute ? c.recompute : "", c.zero ? " zero" : "");
+             c.recompute ? c.recompute : "", c.zero ? " zero" : c.measured ? " measured" : "");
     loom_model_t m = make_model(name);
     loom_compute_config cc = pipe_config(&c);
     loom_train_config tc = train_config();
@@ -162,7 +164,7 @@ static void parity(const char *name, const reference *ref, pipe_case c) {
 // Activations of stage 0 (rank 0) under a schedule with `micros` micro-batches.
 static size_t stage0_activations(loom_schedule schedule, int micros) {
     loom_model_t m = make_model("gpt2-4");
-    pipe_case c = {4, 1, 1, micros, schedule, 1, "1,1,1,1", NULL, 0};
+    pipe_case c = {4, 1, 1, micros, schedule, 1, "1,1,1,1", NULL, 0, 0};
     loom_compute_config cc = pipe_config(&c);
     loom_train_config tc = train_config();
     tc.batch = micros;  // one sequence per micro-batch
@@ -209,7 +211,7 @@ static void test_dummies(void) {
     loom_step_stats ref_stats;
     CHECK_OK(loom_trainer_step(t, tokens, targets, &ref_stats));
     loom_model_t m = make_model("gpt2");
-    pipe_case c = {2, 1, 1, 4, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0};
+    pipe_case c = {2, 1, 1, 4, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0, 0};
     loom_compute_config cc = pipe_config(&c);
     loom_train_config ptc = train_config();
     ptc.batch = 8;  // 4 micro-batches of 2 sequences
@@ -275,7 +277,7 @@ static void test_checkpoint(const reference *ref) {
     snprintf(shards, sizeof shards, "%s/shards", tmp);
     snprintf(merged, sizeof merged, "%s/merged", tmp);
     loom_model_t m = make_model("gpt2");
-    loom_parallel_t p = start(m, (pipe_case){2, 2, 2, 2, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0});
+    loom_parallel_t p = start(m, (pipe_case){2, 2, 2, 2, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0, 0});
     for (int s = 0; p && s < 2; s++) CHECK_OK(loom_parallel_step(p, tokens, targets, NULL));
     if (p) CHECK_OK(loom_parallel_save_sharded(p, shards));
     loom_parallel_free(p);
@@ -285,8 +287,8 @@ static void test_checkpoint(const reference *ref) {
     CHECK_OK(loom_model_load(merged, &hf));
     loom_model_free(hf);
     struct { const char *from; pipe_case c; } resume[] = {
-        {shards, {4, 1, 1, 4, LOOM_SCHEDULE_GPIPE, 1, "0,1,1,0", NULL, 0}},
-        {merged, {1, 1, 1, 1, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0}},
+        {shards, {4, 1, 1, 4, LOOM_SCHEDULE_GPIPE, 1, "0,1,1,0", NULL, 0, 0}},
+        {merged, {1, 1, 1, 1, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0, 0}},
     };
     for (int k = 0; k < 2; k++) {
         m = make_model("gpt2");
@@ -318,6 +320,32 @@ static void test_checkpoint(const reference *ref) {
     CHECK(system(cmd) == 0);
 }
 
+// Balancing by measured op costs sees what FLOPs see in an extreme case: with a vocabulary of
+// 8192 the head costs more than all 4 layers, so the last of 2 stages gets none of them (its
+// parameters are the tied embedding and ln_f only).
+static void test_measured_balance(void) {
+    loom_model_config cfg;
+    CHECK_OK(loom_model_config_parse("{\"model_type\": \"gpt2\", \"n_layer\": 4, \"n_embd\": 32, "
+                                     "\"n_head\": 4, \"n_positions\": 32, \"vocab_size\": 8192}",
+                                     "gpt2-big-vocab", &cfg));
+    for (int measured = 0; measured < 2; measured++) {
+        loom_model_t m = NULL;
+        CHECK_OK(loom_model_create(&cfg, 7, &m));
+        pipe_case c = {2, 1, 1, 2, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0, measured};
+        loom_compute_config cc = pipe_config(&c);
+        loom_train_config tc = train_config();
+        loom_parallel_t p = NULL;
+        CHECK_OK(loom_parallelize(m, &cc, &tc, &p));
+        size_t wte = 8192 * 32 * sizeof(float), ln_f = 2 * 32 * sizeof(float) + 128;
+        size_t last = p ? loom_parallel_memory(p, 1).parameters : 0;
+        CHECK_MSG(last >= wte && last <= wte + ln_f, "%s balance: the head stage holds %zu "
+                  "parameter bytes (the embedding is %zu): it got layers",
+                  measured ? "measured" : "flops", last, wte);
+        loom_parallel_free(p);
+        loom_model_free(m);
+    }
+}
+
 static void expect_error(pipe_case c, const char *fragment) {
     loom_model_t m = make_model("gpt2");
     loom_compute_config cc = pipe_config(&c);
@@ -331,11 +359,11 @@ static void expect_error(pipe_case c, const char *fragment) {
 }
 
 static void test_errors(void) {
-    expect_error((pipe_case){2, 1, 1, 3, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0}, "micro-batches");
-    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_1F1B, 2, NULL, NULL, 0}, "1f1b_interleaved");
-    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_1F1B, 1, "1,1,1", NULL, 0}, "pipeline_layers");
-    expect_error((pipe_case){4, 1, 1, 4, LOOM_SCHEDULE_1F1B, 1, "1,0,0,1", NULL, 0}, "pipeline_layers");
-    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_INFER_PIPE, 1, NULL, NULL, 0}, "infer_pipe");
+    expect_error((pipe_case){2, 1, 1, 3, LOOM_SCHEDULE_1F1B, 1, NULL, NULL, 0, 0}, "micro-batches");
+    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_1F1B, 2, NULL, NULL, 0, 0}, "1f1b_interleaved");
+    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_1F1B, 1, "1,1,1", NULL, 0, 0}, "pipeline_layers");
+    expect_error((pipe_case){4, 1, 1, 4, LOOM_SCHEDULE_1F1B, 1, "1,0,0,1", NULL, 0, 0}, "pipeline_layers");
+    expect_error((pipe_case){2, 1, 1, 2, LOOM_SCHEDULE_INFER_PIPE, 1, NULL, NULL, 0, 0}, "infer_pipe");
 }
 
 int main(void) {
@@ -350,30 +378,33 @@ int main(void) {
     const loom_schedule F = LOOM_SCHEDULE_1F1B, G = LOOM_SCHEDULE_GPIPE,
                         I = LOOM_SCHEDULE_1F1B_INTERLEAVED;
     // pp2: every schedule, balanced and explicit stages, recomputation.
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, F, 1, NULL, NULL, 0});
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, G, 1, "1,1", NULL, 0});
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, I, 2, "0,1,1,0", NULL, 0});
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, F, 1, NULL, "layers", 0});
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 2, G, 1, NULL, "attn", 0});
-    parity("llama", &llama, (pipe_case){2, 1, 1, 4, F, 1, NULL, NULL, 0});
-    parity("llama", &llama, (pipe_case){2, 1, 1, 4, I, 2, "0,1,1,0", "layers", 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, F, 1, NULL, NULL, 0, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, G, 1, "1,1", NULL, 0, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, I, 2, "0,1,1,0", NULL, 0, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 4, F, 1, NULL, "layers", 0, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 1, 2, G, 1, NULL, "attn", 0, 0});
+    parity("llama", &llama, (pipe_case){2, 1, 1, 4, F, 1, NULL, NULL, 0, 0});
+    parity("llama", &llama, (pipe_case){2, 1, 1, 4, I, 2, "0,1,1,0", "layers", 0, 0});
     // pp4: embeddings and head on their own stages.
-    parity("gpt2", &gpt2, (pipe_case){4, 1, 1, 4, F, 1, "0,1,1,0", NULL, 0});
-    parity("gpt2", &gpt2, (pipe_case){4, 1, 1, 8, G, 1, "0,1,1,0", NULL, 0});
-    parity("llama", &llama, (pipe_case){4, 1, 1, 4, F, 1, "0,1,1,0", "layers", 0});
-    parity("gpt2-4", &gpt4, (pipe_case){4, 1, 1, 8, F, 1, NULL, NULL, 0});
-    parity("gpt2-4", &gpt4, (pipe_case){2, 1, 1, 4, I, 2, NULL, NULL, 0});
+    parity("gpt2", &gpt2, (pipe_case){4, 1, 1, 4, F, 1, "0,1,1,0", NULL, 0, 0});
+    parity("gpt2", &gpt2, (pipe_case){4, 1, 1, 8, G, 1, "0,1,1,0", NULL, 0, 0});
+    parity("llama", &llama, (pipe_case){4, 1, 1, 4, F, 1, "0,1,1,0", "layers", 0, 0});
+    parity("gpt2-4", &gpt4, (pipe_case){4, 1, 1, 8, F, 1, NULL, NULL, 0, 0});
+    parity("gpt2-4", &gpt4, (pipe_case){2, 1, 1, 4, I, 2, NULL, NULL, 0, 0});
     // Hybrids: pp2 x tp2, pp2 x dp2, pp2 x tp2 x dp2 (8 ranks).
-    parity("gpt2", &gpt2, (pipe_case){2, 2, 1, 2, F, 1, NULL, NULL, 0});
-    parity("llama", &llama, (pipe_case){2, 2, 1, 4, G, 1, NULL, "layers", 0});
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 2, 2, F, 1, NULL, NULL, 0});
-    parity("llama", &llama, (pipe_case){2, 1, 2, 2, I, 2, "0,1,1,0", NULL, 0});
-    parity("gpt2", &gpt2, (pipe_case){2, 2, 2, 2, F, 1, NULL, NULL, 0});
-    parity("llama", &llama, (pipe_case){2, 2, 2, 2, F, 1, NULL, "layers", 0});
-    parity("gpt2", &gpt2, (pipe_case){2, 1, 2, 2, F, 1, NULL, NULL, 1});
-    parity("gpt2", &gpt2, (pipe_case){2, 2, 2, 4, G, 1, NULL, NULL, 1});
+    parity("gpt2", &gpt2, (pipe_case){2, 2, 1, 2, F, 1, NULL, NULL, 0, 0});
+    parity("llama", &llama, (pipe_case){2, 2, 1, 4, G, 1, NULL, "layers", 0, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 2, 2, F, 1, NULL, NULL, 0, 0});
+    parity("llama", &llama, (pipe_case){2, 1, 2, 2, I, 2, "0,1,1,0", NULL, 0, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 2, 2, 2, F, 1, NULL, NULL, 0, 0});
+    parity("llama", &llama, (pipe_case){2, 2, 2, 2, F, 1, NULL, "layers", 0, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 1, 2, 2, F, 1, NULL, NULL, 1, 0});
+    parity("gpt2", &gpt2, (pipe_case){2, 2, 2, 4, G, 1, NULL, NULL, 1, 0});
+    parity("gpt2-4", &gpt4, (pipe_case){2, 1, 1, 4, F, 1, NULL, NULL, 0, 1});
+    parity("gpt2-4", &gpt4, (pipe_case){4, 1, 1, 4, F, 1, NULL, NULL, 0, 1});
     test_memory_bound();
     test_checkpoint(&gpt2);
+    test_measured_balance();
     test_dummies();
     test_errors();
     reference_free(&gpt2);

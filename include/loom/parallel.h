@@ -96,6 +96,9 @@ typedef struct loom_compute_config {
     const char *pipeline_pivots;  // module names where a stage may start ("h.4,h.8", "layers")
     const char *pipeline_layers;  // layers per stage, "0,-1,-1,0": -1 shares the rest evenly; 0
                                   // leaves a stage only the embeddings (first) or head (last)
+    int pipeline_measured;        // balance stages by measured op times (each distinct op
+                                  // profiled once on this machine; rank 0's under MPI) instead
+                                  // of FLOPs (the default: the same split on every run)
 } loom_compute_config;
 
 loom_compute_config loom_compute_config_default(void);

@@ -80,8 +80,10 @@ typedef struct loom_plan {
 // Build a plan for `g` (forward nodes) with `parts` devices per stage (the unit's devices over
 // cc->pipeline_nstages). `cfg` (the model's config; may be NULL except for tp and hybrid)
 // selects the family's tensor-parallel policy table; pipeline stages follow cc's pipeline_*.
+// node_cost: NULL, or per node its measured cost to balance the stages by (else FLOPs).
 loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc, int parts,
-                              const loom_model_config *cfg, loom_plan *plan);
+                              const loom_model_config *cfg, const double *node_cost,
+                              loom_plan *plan);
 void loom__plan_free(loom_plan *plan);
 // Make `s` obey the plan's partition constraints for node `n`: keep it when allowed, else the
 // first allowed partition dim that splits legally, else replication when allowed. Fails naming

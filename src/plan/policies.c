@@ -94,7 +94,8 @@ static loom_status custom_strategy(const loom_graph *g, const loom_node *n, int 
 }
 
 loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc, int parts,
-                              const loom_model_config *cfg, loom_plan *plan) {
+                              const loom_model_config *cfg, const double *node_cost,
+                              loom_plan *plan) {
     memset(plan, 0, sizeof *plan);
     // Inside a stage, pp replicates every op and hybrid splits them as tp does.
     loom_policy_kind policy = cc->policy == LOOM_POLICY_PP       ? LOOM_POLICY_DP
@@ -118,7 +119,7 @@ loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc
         plan->stage_of = loom__malloc((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof(int32_t));
         if (!plan->stage_of) return loom__plan_free(plan), LOOM_ERR_NOMEM;
         loom_stage_options so = {plan->pipe_ranks * plan->chunks, cc->pipeline_pivots,
-                                 cc->pipeline_layers};
+                                 cc->pipeline_layers, node_cost};
         loom_status st = loom__stages_assign(g, &so, plan->stage_of);
         if (st < 0) return loom__plan_free(plan), st;
     }

@@ -129,7 +129,7 @@ static loom_status parse_layers(const char *spec, int nstages, int L, int *count
 
 // Forward FLOPs plus the op table's backward estimate (as loom_node_flops counts a backward
 // node: twice the output elements where the op has no formula).
-static double node_cost(const loom_graph *g, int32_t i) {
+static double flop_cost(const loom_graph *g, int32_t i) {
     const loom_node *n = &g->nodes[i];
     const loom_op_def *def = loom__op_def(n->op);
     double fwd = loom_node_flops((loom_graph_t)g, i);  // reads only
@@ -157,7 +157,7 @@ static int min_stages(const int64_t *q, int n, const int32_t *pos, int M, int64_
 // bottleneck are balanced too, instead of one of them taking all the slack), then the earliest
 // cuts. cuts[1..nstages-1] receive positions.
 static loom_status balance(const loom_graph *g, const units *u, const int32_t *cand, int K,
-                           int nstages, int32_t *cuts) {
+                           int nstages, const double *cost, int32_t *cuts) {
     const int n = u->n, M = K + 1, S = nstages;
     double *prefix = loom__malloc((size_t)(n + 1) * sizeof(double));
     int64_t *q = loom__malloc((size_t)(n + 1) * sizeof(int64_t));
@@ -169,7 +169,8 @@ static loom_status balance(const loom_graph *g, const units *u, const int32_t *c
         goto done;
     }
     prefix[0] = 0;
-    for (int p = 0; p < n; p++) prefix[p + 1] = prefix[p] + node_cost(g, u->node[p]);
+    for (int p = 0; p < n; p++)
+        prefix[p + 1] = prefix[p] + (cost ? cost[u->node[p]] : flop_cost(g, u->node[p]));
     // A graph of zero-cost ops (hand-built) still gets balanced, by node count.
     int by_count = !(prefix[n] > 0);
     for (int p = 0; p <= n; p++)
@@ -352,7 +353,7 @@ loom_status loom__stages_assign(const loom_graph *g, const loom_stage_options *o
                 goto done;
             }
         }
-        if (S > 1) LOOM_CHECK_GOTO(balance(g, &u, cand, K, S, cuts), st, done);
+        if (S > 1) LOOM_CHECK_GOTO(balance(g, &u, cand, K, S, o->cost, cuts), st, done);
     }
     for (int s = 0; s < S; s++)
         for (int p = cuts[s]; p < cuts[s + 1]; p++) stage_of[u.node[p]] = s;

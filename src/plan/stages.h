@@ -11,7 +11,10 @@ typedef struct loom_stage_options {
                          // one of these begins ("layers": every numbered layer)
     const char *layers;  // NULL or "l0,l1,...": numbered layers per stage, -1 shares the rest
                          // evenly; exactly nstages entries
+    const double *cost;  // NULL, or per node its measured cost (runtime/runner.h: loom__measure_costs) to balance
+                         // instead of FLOPs
 } loom_stage_options;
+
 
 // stage_of[i] (for every forward node i of g; backward nodes get -1) in [0, nstages),
 // non-decreasing in node order. The nodes before the first numbered layer (embeddings) go to

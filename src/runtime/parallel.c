@@ -402,6 +402,36 @@ static loom_status find_tied(loom_parallel_t p) {
     return LOOM_OK;
 }
 
+// The plan: pipeline stages (balanced by measured op costs when asked: measured once, by rank 0
+// under MPI, so every process cuts the same stages), per-op strategies, tied parameters.
+static loom_status plan(loom_parallel_t p, loom_comm_t world) {
+    const loom_compute_config *cc = &p->cc;
+    double *cost = NULL;
+    int balance = cc->pipeline_measured && cc->pipeline_nstages * (cc->pipeline_nchunks > 1
+                                                                       ? cc->pipeline_nchunks : 1) > 1;
+    if (balance) {
+        cost = loom__calloc((size_t)p->global->n_nodes + 1, sizeof(double));
+        if (!cost) return LOOM_ERR_NOMEM;
+        loom_status st = LOOM_OK;
+        if (loom_comm_rank(world) == 0) st = loom__measure_costs(p->global, p->threads_per_rank, cost);
+        if (st == 0 && cc->comm == LOOM_COMM_MPI) {
+            // Costs travel as float: the split only compares them.
+            float *f = loom__malloc((size_t)p->global->n_nodes * sizeof(float) + 4);
+            if (!f) st = LOOM_ERR_NOMEM;
+            for (int i = 0; st == 0 && i < p->global->n_nodes; i++) f[i] = (float)cost[i];
+            if (st == 0) st = loom_comm_broadcast(world, f, f, (size_t)p->global->n_nodes,
+                                                  LOOM_DTYPE_F32, 0);
+            for (int i = 0; st == 0 && i < p->global->n_nodes; i++) cost[i] = f[i];
+            loom__free(f);
+        }
+        if (st < 0) return loom__free(cost), st;
+    }
+    loom_status st = loom__plan_create(p->global, cc, p->tp, loom_model_get_config(p->model),
+                                       cost, &p->plan);
+    loom__free(cost);
+    return st < 0 ? st : find_tied(p);
+}
+
 // Check the pipeline settings against the devices and the batch.
 static loom_status check_pipeline(const loom_compute_config *cc, const loom_train_config *tc,
                                   int units) {
@@ -511,9 +541,6 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
                          "numbered layer)", tc->recompute);
         goto fail;
     }
-    st = loom__plan_create(p->global, cc, p->tp, loom_model_get_config(model), &p->plan);
-    if (st == 0) st = find_tied(p);
-    if (st < 0) goto fail;
     p->n_held = cc->comm == LOOM_COMM_MPI ? 1 : p->nranks;
     p->ranks = loom__calloc((size_t)p->n_held, sizeof(rank_state));
     world = loom__calloc((size_t)p->n_held, sizeof(loom_comm_t));
@@ -536,6 +563,11 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
     } else {
         st = loom_comm_local_create_all(p->nranks, &ccfg, world);
         if (st < 0) goto fail;
+    }
+    st = plan(p, world[0]);
+    if (st < 0) {
+        for (int k = 0; k < p->n_held; k++) loom_comm_destroy(world[k]);
+        goto fail;
     }
     for (int k = 0; k < p->n_held; k++) {
         int r = cc->comm == LOOM_COMM_MPI ? loom_comm_rank(world[0]) : k;

@@ -91,6 +91,11 @@ loom_status loom__trace_write(const char *path, loom_runner *const *runners, con
                               int n);
 // Floats of optimizer state this rank keeps (its ZeRO share).
 size_t loom__runner_optimizer_floats(const loom_runner *r);
+// Measured costs: every distinct forward node of g (op, input shapes and dtypes, attributes)
+// runs alone, forward and backward, on the CPU backend with `threads` threads; cost[node] is
+// its best time in seconds over a few runs (0 for comm ops). Nodes with the same signature share
+// one measurement, so identical layers are profiled once.
+loom_status loom__measure_costs(const loom_graph *g, int threads, double *cost);
 // Run every instruction once: one step (training) or one forward pass.
 loom_status loom__runner_run(loom_runner *r);
 // What the runner holds (loom_memory_stats; parameters counted though the caller owns them).

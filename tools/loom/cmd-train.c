@@ -53,6 +53,7 @@ static void print_help(void) {
            "  --virtual-stages V     model chunks per pipeline rank (default 2 for 1f1b_interleaved)\n"
            "  --pp-layers LIST       layers per stage, e.g. 0,-1,-1,0 (-1: share the rest evenly)\n"
            "  --pp-pivots LIST       modules where a stage may start, e.g. h.2,h.4 or layers\n"
+           "  --pp-balance KIND      balance the stages by flops (default) or measured op times\n"
            "  device layout: ranks (N) = copies (N / P) x pipeline ranks (S) x devices per stage\n"
            "  (P / S); rank = copy x P + pipeline rank x (P / S) + index in the stage\n"
            "  --comm local|mpi       ranks as threads of this process (local, default) or one\n"
@@ -104,8 +105,14 @@ static void check_pp_layers(const cli_ctx *c, const char *list, int stages, int 
 }
 
 // The pipeline flags among themselves (the devices and the batch are checked by the caller).
-static void check_pipeline_flags(const cli_ctx *c, loom_compute_config *cc, const char *schedule) {
+static void check_pipeline_flags(const cli_ctx *c, loom_compute_config *cc, const char *schedule,
+                                 const char *balance) {
     int S = cc->pipeline_nstages;
+    if (balance) {
+        if (strcmp(balance, "flops") && strcmp(balance, "measured"))
+            cli_usage_error(c, "--pp-balance: '%s' is not flops or measured", balance);
+        cc->pipeline_measured = !strcmp(balance, "measured");
+    }
     if (schedule) {
         int k = loom_schedule_from_name(schedule);
         if (k < 0 || k == LOOM_SCHEDULE_INFER_PIPE)
@@ -116,6 +123,7 @@ static void check_pipeline_flags(const cli_ctx *c, loom_compute_config *cc, cons
                            : cc->pipeline_nchunks  ? "--virtual-stages"
                            : cc->pipeline_layers   ? "--pp-layers"
                            : cc->pipeline_pivots   ? "--pp-pivots"
+                           : balance               ? "--pp-balance"
                                                    : NULL;
     if (S == 1 && needs_pp)
         cli_usage_error(c, "%s applies to pipelines: give --pp S with S > 1 too", needs_pp);
@@ -184,11 +192,12 @@ int cmd_train(int argc, char **argv) {
         {"pp", required_argument, 0, 0}, {"micro-batches", required_argument, 0, 0},
         {"schedule", required_argument, 0, 0}, {"virtual-stages", required_argument, 0, 0},
         {"pp-layers", required_argument, 0, 0}, {"pp-pivots", required_argument, 0, 0},
+        {"pp-balance", required_argument, 0, 0},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     loom_compute_config cc = loom_compute_config_default();
     int plan_devices = 0, devices_given = 0;
     const char *policy = NULL, *comm = NULL, *save_sharded = NULL, *resume = NULL;
-    const char *schedule = NULL;
+    const char *schedule = NULL, *pp_balance = NULL;
     const char *constraints_path = NULL, *trace_path = NULL;
     const char *name, *arg;
     while ((name = cli_next_option(&c, argc, argv, opts, &arg))) {
@@ -239,6 +248,7 @@ int cmd_train(int argc, char **argv) {
             cc.pipeline_nchunks = cli_int(&c, name, arg, 1, 1 << 10);
         else if (!strcmp(name, "pp-layers")) cc.pipeline_layers = arg;
         else if (!strcmp(name, "pp-pivots")) cc.pipeline_pivots = arg;
+        else if (!strcmp(name, "pp-balance")) pp_balance = arg;
         else if (!strcmp(name, "zero-reduce-scatter")) {
             if (strcmp(arg, "on") && strcmp(arg, "off"))
                 cli_usage_error(&c, "--zero-reduce-scatter: '%s' is not on or off", arg);
@@ -254,7 +264,7 @@ int cmd_train(int argc, char **argv) {
     tc.profile = profile;
     // Pipelines: --pp S pipeline ranks per model copy, each stage on (copy's devices) / S.
     int S = cc.pipeline_nstages;
-    check_pipeline_flags(&c, &cc, schedule);
+    check_pipeline_flags(&c, &cc, schedule, pp_balance);
     if (S > 1 && plan_devices % S)
         cli_usage_error(&c, "--plan-devices %d is not a multiple of --pp %d: each pipeline rank "
                         "gets plan-devices / pp devices", plan_devices, S);

@@ -1,0 +1,116 @@
+// Measured op costs for balancing pipeline stages: each distinct forward node runs alone, as a
+// one-node graph with its backward, on the real backend, and its best time is its cost.
+
+#include "runtime/runner.h"
+
+#include "core/core.h"
+
+#include <omp.h>
+#include <string.h>
+
+enum { MEASURE_RUNS = 3 };
+
+// Whether nodes a and b compute the same thing on the same shapes (so cost the same).
+static int same_signature(const loom_graph *g, const loom_node *a, const loom_node *b) {
+    if (a->op != b->op || a->n_in != b->n_in || memcmp(a->ai, b->ai, sizeof a->ai) != 0 ||
+        memcmp(a->af, b->af, sizeof a->af) != 0)
+        return 0;
+    for (int k = 0; k < a->n_in; k++) {
+        const loom_value_info *x = &g->values[a->in[k]], *y = &g->values[b->in[k]];
+        if (x->dtype != y->dtype || x->ndim != y->ndim || x->role != y->role ||
+            memcmp(x->shape, y->shape, (size_t)x->ndim * sizeof x->shape[0]) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+// The best forward + backward time of node n of g, run alone.
+static loom_status measure_node(const loom_graph *g, const loom_node *n, double *seconds) {
+    *seconds = 0;
+    loom_graph_t mg = NULL;
+    LOOM_CHECK(loom_graph_create(&mg));
+    loom_value in[LOOM_MAX_IO], out[LOOM_MAX_IO];
+    const loom_op_def *def = loom__op_def(n->op);
+    int wants_grad = 0;
+    for (int k = 0; k < n->n_in; k++) {
+        const loom_value_info *vi = &g->values[n->in[k]];
+        char name[32];
+        snprintf(name, sizeof name, "x%d", k);
+        if (vi->role == LOOM_ROLE_PARAM) {
+            in[k] = loom_graph_param(mg, name, vi->ndim, vi->shape);
+        } else {
+            in[k] = loom_graph_input(mg, name, vi->dtype, vi->ndim, vi->shape);
+            // Activations come from earlier ops: their gradients are part of the cost.
+            if (in[k] >= 0 && vi->role == LOOM_ROLE_ACTIVATION && vi->dtype == LOOM_DTYPE_F32)
+                mg->values[in[k]].requires_grad = true;
+        }
+        if (in[k] >= 0 && (def->grad_inputs >> k & 1) &&
+            (vi->role == LOOM_ROLE_PARAM || mg->values[in[k]].requires_grad))
+            wants_grad = 1;
+    }
+    loom_status st = loom_graph_status(mg);
+    if (st == 0 && loom__graph_add_node(mg, n->op, n->n_in, in, n->ai, n->af, out) < 0)
+        st = loom_graph_status(mg);
+    int train = st == 0 && wants_grad && !(def->flags & LOOM_OPF_NO_BACKWARD);
+    if (train) {
+        loom_value seeds[LOOM_MAX_IO];
+        int n_seeds = 0;
+        for (int o = 0; o < n->n_out; o++)
+            if (mg->values[out[o]].dtype == LOOM_DTYPE_F32) seeds[n_seeds++] = out[o];
+        st = loom__graph_backward_seeded(mg, -1, n_seeds, seeds);
+    }
+    loom_program *prog = NULL;
+    loom_runner *r = NULL;
+    float *params = NULL;
+    if (st == 0) {
+        loom_lower_options lo = {.train = train, .micro_batches = 1, .seed = 1.0f};
+        st = loom__lower(mg, &lo, &prog);
+    }
+    if (st == 0) {
+        size_t bytes = prog->region_bytes[LOOM_REGION_PARAM];
+        params = loom__malloc_aligned(bytes ? bytes : 64);
+        if (!params) st = LOOM_ERR_NOMEM;
+        else memset(params, 0, bytes ? bytes : 64);  // ids 0 are valid, zeros time like any data
+    }
+    if (st == 0) st = loom__runner_create(prog, loom__backend_cpu(), params, &r);
+    else loom__program_free(prog);
+    if (st == 0) {
+        r->skip_update = 1;
+        r->trace = 1;
+        double best = -1;
+        for (int run = 0; run <= MEASURE_RUNS && st == 0; run++) {  // run 0 warms up
+            r->n_events = 0;
+            st = loom__runner_run(r);
+            double t = 0;
+            for (int e = 0; e < r->n_events; e++) {
+                loom_instr_kind kind = prog->instr[r->events[e].instr].kind;
+                if (kind == LOOM_INSTR_FORWARD || kind == LOOM_INSTR_BACKWARD)
+                    t += r->events[e].end - r->events[e].start;
+            }
+            if (run > 0 && (best < 0 || t < best)) best = t;
+        }
+        *seconds = best > 0 ? best : 0;
+    }
+    loom__runner_free(r);
+    loom__free_aligned(params);
+    loom_graph_destroy(mg);
+    return st;
+}
+
+loom_status loom__measure_costs(const loom_graph *g, int threads, double *cost) {
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(threads > 0 ? threads : saved);
+    loom_status st = LOOM_OK;
+    for (int i = 0; i < g->n_nodes && st == 0; i++) {
+        const loom_node *n = &g->nodes[i];
+        cost[i] = 0;
+        if (n->backward || (loom__op_def(n->op)->flags & LOOM_OPF_COMM)) continue;
+        int j = 0;
+        while (j < i && (g->nodes[j].backward || !same_signature(g, &g->nodes[j], n))) j++;
+        if (j < i) cost[i] = cost[j];
+        else st = measure_node(g, n, &cost[i]);
+    }
+    omp_set_num_threads(saved);
+    if (st < 0) loom__error_prefix("measuring op costs");
+    return st;
+}
