@@ -563,6 +563,7 @@ static void test_pipeline(void) {
         {"--micro-batches", {"--pp", "2", "--micro-batches", "3"}},
         {"--virtual-stages", {"--pp", "2", "--virtual-stages", "2"}},
         {"--schedule", {"--schedule", "gpipe"}},  // no pipeline
+        {"--pp-balance", {"--pp", "2", "--pp-balance", "fast"}},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         const char **a = bad[i].a;
