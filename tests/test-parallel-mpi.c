@@ -6,6 +6,7 @@
 
 #include "loom/parallel.h"
 #include "oracle-model.h"
+#include "parity.h"
 #include "testutil.h"
 
 #include <stdlib.h>
@@ -26,22 +27,14 @@
 
 static int32_t tokens[B * T], targets[B * T];
 
-static loom_train_config train_config(void) {
-    loom_train_config tc = loom_train_config_default();
-    tc.batch = B;
-    tc.seq = T;
-    tc.lr = 1e-2f;
-    tc.weight_decay = 0.1f;
-    tc.eps = 1e-3f;  // see test-parallel.c
-    tc.threads = 1;
-    return tc;
-}
+static loom_train_config train_config(void) { return parity_train_config(B, T); }
 
 #ifdef HAVE_MPI_H
 static int rank;
 
-static void parity(const char *name, const float *ref_losses, loom_model_t ref_model,
-                   loom_policy policy, int plan, int zero_groups) {
+static void parity(const char *name, const parity_reference *ref, loom_policy policy, int plan,
+                   int zero_groups) {
+    const float *ref_losses = ref->losses;
     loom_model_t m = load_oracle(name);
     loom_compute_config cc = loom_compute_config_default();
     cc.comm = LOOM_COMM_MPI;
@@ -67,16 +60,7 @@ static void parity(const char *name, const float *ref_losses, loom_model_t ref_m
     }
     if (st == 0) CHECK_OK(loom_parallel_sync_model(p));
     if (st == 0 && rank == 0) {
-        double worst = 0;
-        for (int i = 0; i < loom_model_n_tensors(m); i++) {
-            const char *pname = loom_model_tensor_name(m, i, NULL, NULL);
-            float *got, *want;
-            int64_t n;
-            loom_model_tensor(m, pname, &got, &n);
-            loom_model_tensor(ref_model, pname, &want, NULL);
-            double err = tu_max_rel_err(got, want, (size_t)n, 1e-6);
-            if (err > worst) worst = err;
-        }
+        double worst = parity_params_error(m, ref, NULL);
         CHECK_MSG(worst < 1e-5, "%s: merged parameters relative error %.3g", what, worst);
         printf("%-40s parameters %.1e\n", what, worst);
     }
@@ -89,23 +73,17 @@ static int run_under_mpi(void) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     const char *models[] = {"gpt2", "llama"};
     for (int i = 0; i < 2; i++) {
-        loom_model_t ref = load_oracle(models[i]);
+        loom_model_t m = load_oracle(models[i]);
         loom_train_config tc = train_config();
-        loom_trainer_t t;
-        float losses[STEPS];
-        CHECK_OK(loom_trainer_create(ref, &tc, &t));
-        for (int s = 0; s < STEPS; s++) {
-            loom_step_stats st;
-            CHECK_OK(loom_trainer_step(t, tokens, targets, &st));
-            losses[s] = st.loss;
-        }
-        loom_trainer_free(t);
-        parity(models[i], losses, ref, LOOM_POLICY_DP, 1, 0);
-        parity(models[i], losses, ref, LOOM_POLICY_TP, 2, 0);
-        parity(models[i], losses, ref, LOOM_POLICY_DATA, 2, 0);
-        parity(models[i], losses, ref, LOOM_POLICY_DP, 1, 2);
-        parity(models[i], losses, ref, LOOM_POLICY_TP, 4, 0);
-        loom_model_free(ref);
+        parity_reference ref;
+        parity_reference_run(m, &tc, tokens, targets, STEPS, &ref);
+        loom_model_free(m);
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 0);
+        parity(models[i], &ref, LOOM_POLICY_TP, 2, 0);
+        parity(models[i], &ref, LOOM_POLICY_DATA, 2, 0);
+        parity(models[i], &ref, LOOM_POLICY_DP, 1, 2);
+        parity(models[i], &ref, LOOM_POLICY_TP, 4, 0);
+        parity_reference_free(&ref);
     }
     int mine[2] = {tu_passed, tu_failed}, all[2];
     MPI_Allreduce(mine, all, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);

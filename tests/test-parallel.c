@@ -7,6 +7,7 @@
 #include "loom/parallel.h"
 #include "models/family.h"
 #include "oracle-model.h"
+#include "parity.h"
 #include "testutil.h"
 
 #include <unistd.h>
@@ -18,52 +19,22 @@
 #define T 16
 #define STEPS 3
 
-typedef struct reference {
-    float losses[STEPS];
-    int n;
-    float **params;
-    int64_t *numel;
-} reference;
+typedef parity_reference reference;
 
 static int32_t tokens[B * T], targets[B * T];
 
 static int g_grad_accum = 1;  // micro-batches per step (the global batch is split into them)
 
 static loom_train_config train_config(void) {
-    loom_train_config tc = loom_train_config_default();
+    loom_train_config tc = parity_train_config(B / g_grad_accum, T);
     tc.grad_accum = g_grad_accum;
-    tc.batch = B / g_grad_accum;
-    tc.seq = T;
-    tc.lr = 1e-2f;
-    tc.weight_decay = 0.1f;
-    tc.grad_clip = 1.0f;
-    // eps 1e-3: with torch's 1e-8, an element whose gradient is ~0 moves by +-lr on the sign of
-    // round-off, which no two reduction orders share (see tests/oracle/README.md).
-    tc.eps = 1e-3f;
-    tc.threads = 1;
     return tc;
 }
 
 static void single_device(const char *name, reference *ref) {
     loom_model_t m = load_oracle(name);
     loom_train_config tc = train_config();
-    loom_trainer_t t;
-    CHECK_OK(loom_trainer_create(m, &tc, &t));
-    for (int s = 0; s < STEPS; s++) {
-        loom_step_stats st;
-        CHECK_OK(loom_trainer_step(t, tokens, targets, &st));
-        ref->losses[s] = st.loss;
-    }
-    ref->n = loom_model_n_tensors(m);
-    ref->params = calloc((size_t)ref->n, sizeof(float *));
-    ref->numel = calloc((size_t)ref->n, sizeof(int64_t));
-    for (int i = 0; i < ref->n; i++) {
-        float *data;
-        loom_model_tensor(m, loom_model_tensor_name(m, i, NULL, NULL), &data, &ref->numel[i]);
-        ref->params[i] = malloc((size_t)ref->numel[i] * sizeof(float));
-        memcpy(ref->params[i], data, (size_t)ref->numel[i] * sizeof(float));
-    }
-    loom_trainer_free(t);
+    parity_reference_run(m, &tc, tokens, targets, STEPS, ref);
     loom_model_free(m);
 }
 
@@ -138,15 +109,10 @@ static void parity(const char *name, const reference *ref, loom_policy policy, i
                   ref->losses[s]);
     }
     CHECK_OK(loom_parallel_sync_model(p));
-    for (int i = 0; i < ref->n; i++) {
-        const char *pname = loom_model_tensor_name(m, i, NULL, NULL);
-        float *data;
-        int64_t n;
-        loom_model_tensor(m, pname, &data, &n);
-        double err = tu_max_rel_err(data, ref->params[i], (size_t)n, 1e-6);
-        if (err > worst_param) worst_param = err;
-        CHECK_MSG(err < 1e-5, "%s: parameter %s relative error %.3g", what, pname, err);
-    }
+    const char *pname = "";
+    worst_param = parity_params_error(m, ref, &pname);
+    CHECK_MSG(worst_param < 1e-5, "%s: parameter %s relative error %.3g", what, pname,
+              worst_param);
     printf("%-36s loss rel err %.1e, parameters %.1e\n", what, worst_loss, worst_param);
     loom_parallel_free(p);
     loom_model_free(m);
@@ -304,14 +270,7 @@ static void test_checkpoint_round_trip(const char *name, const reference *ref) {
                   loom_policy_name(resume[k].policy), resume[k].plan, resume[k].runtime, st.loss,
                   ref->losses[2]);
         CHECK_OK(loom_parallel_sync_model(p));
-        double worst = 0;
-        for (int i = 0; i < ref->n; i++) {
-            float *data;
-            int64_t n;
-            loom_model_tensor(m, loom_model_tensor_name(m, i, NULL, NULL), &data, &n);
-            double err = tu_max_rel_err(data, ref->params[i], (size_t)n, 1e-6);
-            if (err > worst) worst = err;
-        }
+        double worst = parity_params_error(m, ref, NULL);
         CHECK_MSG(worst < 1e-5, "%s resumed (case %d): parameters relative error %.3g", name, k,
                   worst);
         printf("%s: saved on tp 2/4 zero, resumed on %s %d/%d: loss %.7f, parameters %.1e\n",
@@ -344,12 +303,6 @@ static void test_checkpoint_round_trip(const char *name, const reference *ref) {
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
 }
 
-static void free_reference(reference *ref) {
-    for (int k = 0; k < ref->n; k++) free(ref->params[k]);
-    free(ref->params);
-    free(ref->numel);
-}
-
 // Targets ignored unevenly across ranks (most of the first rows) and gradient accumulation
 // still give the single-device numbers: the loss is normalized by the kept targets of the whole
 // batch, not averaged over per-rank means.
@@ -362,13 +315,13 @@ static void test_uneven_batches(void) {
     parity("gpt2", &ref, LOOM_POLICY_DP, 1, 2, no_zero);
     parity("gpt2", &ref, LOOM_POLICY_DATA, 2, 2, no_zero);
     parity("gpt2", &ref, LOOM_POLICY_TP, 2, 4, no_zero);
-    free_reference(&ref);
+    parity_reference_free(&ref);
     memcpy(targets, saved, sizeof saved);
     g_grad_accum = 2;  // 2 micro-batches of 2 rows
     single_device("llama", &ref);
     parity("llama", &ref, LOOM_POLICY_DP, 1, 2, no_zero);
     parity("llama", &ref, LOOM_POLICY_TP, 2, 2, (zero_opts){0, 1, 1, 0});
-    free_reference(&ref);
+    parity_reference_free(&ref);
     g_grad_accum = 1;
 }
 
@@ -467,7 +420,7 @@ int main(void) {
         if (i < 2) test_checkpoint_round_trip(models[i], &ref);
         test_constraints(models[i], &ref);
         if (i < 2) test_custom_policies(models[i], &ref, 2);
-        free_reference(&ref);
+        parity_reference_free(&ref);
     }
     // LLaMA fixture: 4 query heads in 2 kv groups; 8-way tensor parallelism splits nothing.
     expect_error("llama", LOOM_POLICY_TP, 8, 8, LOOM_ERR_SHAPE, "divides neither");
@@ -506,6 +459,6 @@ int main(void) {
         unlink(path);
     }
     g_plan_file = NULL;
-    free_reference(&ref);
+    parity_reference_free(&ref);
     return tu_finish();
 }

@@ -11,6 +11,7 @@
 
 #include "loom/parallel.h"
 #include "oracle-model.h"
+#include "parity.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -32,17 +33,7 @@
 
 static int32_t tokens[B * T], targets[B * T];
 
-static loom_train_config train_config(void) {
-    loom_train_config tc = loom_train_config_default();
-    tc.batch = B;
-    tc.seq = T;
-    tc.lr = 1e-2f;
-    tc.weight_decay = 0.1f;
-    tc.grad_clip = 1.0f;
-    tc.eps = 1e-3f;  // see tests/oracle/README.md
-    tc.threads = 1;  // up to 8 processes share the cores
-    return tc;
-}
+static loom_train_config train_config(void) { return parity_train_config(B, T); }
 
 #ifdef HAVE_MPI_H
 static int rank;
@@ -55,11 +46,7 @@ typedef struct pipe_case {
     const char *recompute;  // NULL: none
 } pipe_case;
 
-// The single-device run: each step's loss and gradient norm, and the parameters after them.
-typedef struct reference {
-    float losses[STEPS], norms[STEPS];
-    loom_model_t model;
-} reference;
+typedef parity_reference reference;
 
 static void parity(const char *name, const reference *ref, pipe_case c) {
     const float *ref_losses = ref->losses;
@@ -114,18 +101,10 @@ static void parity(const char *name, const reference *ref, pipe_case c) {
         CHECK_MSG(st == 0, "%s (rank %d): sync: %s", what, rank, loom_last_error());
     }
     if (st == 0 && rank == 0) {
-        double worst = 0;
-        for (int i = 0; i < loom_model_n_tensors(m); i++) {
-            const char *pname = loom_model_tensor_name(m, i, NULL, NULL);
-            float *got, *want;
-            int64_t n;
-            loom_model_tensor(m, pname, &got, &n);
-            loom_model_tensor(ref->model, pname, &want, NULL);
-            double err = tu_max_rel_err(got, want, (size_t)n, 1e-6);
-            if (err > worst) worst = err;
-            CHECK_MSG(err < 1e-5, "%s: merged parameter %s relative error %.3g", what, pname,
-                      err);
-        }
+        const char *pname = "";
+        double worst = parity_params_error(m, ref, &pname);
+        CHECK_MSG(worst < 1e-5, "%s: merged parameter %s relative error %.3g", what, pname,
+                  worst);
         printf("%-58s loss %.1e, parameters %.1e, %.2f s\n", what, worst_loss, worst,
                MPI_Wtime() - t0);
         fflush(stdout);
@@ -135,17 +114,10 @@ static void parity(const char *name, const reference *ref, pipe_case c) {
 }
 
 static void single_device(const char *name, reference *ref) {
-    ref->model = load_oracle(name);
+    loom_model_t m = load_oracle(name);
     loom_train_config tc = train_config();
-    loom_trainer_t t;
-    CHECK_OK(loom_trainer_create(ref->model, &tc, &t));
-    for (int s = 0; s < STEPS; s++) {
-        loom_step_stats st;
-        CHECK_OK(loom_trainer_step(t, tokens, targets, &st));
-        ref->losses[s] = st.loss;
-        ref->norms[s] = st.grad_norm;
-    }
-    loom_trainer_free(t);
+    parity_reference_run(m, &tc, tokens, targets, STEPS, ref);
+    loom_model_free(m);
 }
 
 // End-to-end steps with dummies: two samples under a 4-micro-batch pipeline (pp2 x dp) train
@@ -154,16 +126,14 @@ static void single_device(const char *name, reference *ref) {
 static void dummies(int dp) {
     char what[64];
     snprintf(what, sizeof what, "gpt2 pp2 dp%d m4 train_step with 2 samples", dp);
-    loom_model_t ref_model = load_oracle("gpt2");
+    loom_model_t m = load_oracle("gpt2");
     loom_train_config tc = train_config();
     tc.batch = 2;
     tc.grad_accum = 2;
-    loom_trainer_t t;
-    CHECK_OK(loom_trainer_create(ref_model, &tc, &t));
-    loom_step_stats ref_stats;
-    CHECK_OK(loom_trainer_step(t, tokens, targets, &ref_stats));
-    loom_trainer_free(t);
-    loom_model_t m = load_oracle("gpt2");
+    reference ref;
+    parity_reference_run(m, &tc, tokens, targets, 1, &ref);
+    loom_model_free(m);
+    m = load_oracle("gpt2");
     loom_compute_config cc = loom_compute_config_default();
     cc.comm = LOOM_COMM_MPI;
     cc.policy = LOOM_POLICY_PP;
@@ -183,8 +153,8 @@ static void dummies(int dp) {
         loom_step_stats stats = {0};
         CHECK_OK(loom_parallel_infer_step(p, samples, 2, infer));
         CHECK_OK(loom_parallel_train_step(p, samples, 2, losses, &stats));
-        CHECK_MSG(fabs(stats.loss - ref_stats.loss) <= 1e-5 * fabs(ref_stats.loss),
-                  "%s (rank %d): loss %.7f vs %.7f", what, rank, stats.loss, ref_stats.loss);
+        CHECK_MSG(fabs(stats.loss - ref.losses[0]) <= 1e-5 * fabs(ref.losses[0]),
+                  "%s (rank %d): loss %.7f vs %.7f", what, rank, stats.loss, ref.losses[0]);
         CHECK_MSG(fabs(0.5f * (losses[0] + losses[1]) - stats.loss) <= 1e-5 * stats.loss,
                   "%s (rank %d): per-sample losses %.7f %.7f do not average to %.7f", what,
                   rank, losses[0], losses[1], stats.loss);
@@ -195,22 +165,13 @@ static void dummies(int dp) {
         CHECK_OK(loom_parallel_sync_model(p));
     }
     if (st == 0 && rank == 0) {
-        double worst = 0;
-        for (int i = 0; i < loom_model_n_tensors(m); i++) {
-            const char *pname = loom_model_tensor_name(m, i, NULL, NULL);
-            float *got, *want;
-            int64_t n;
-            loom_model_tensor(m, pname, &got, &n);
-            loom_model_tensor(ref_model, pname, &want, NULL);
-            double err = tu_max_rel_err(got, want, (size_t)n, 1e-6);
-            if (err > worst) worst = err;
-        }
+        double worst = parity_params_error(m, &ref, NULL);
         CHECK_MSG(worst < 1e-5, "%s: merged parameters relative error %.3g", what, worst);
         printf("%-58s parameters %.1e\n", what, worst);
     }
     loom_parallel_free(p);
     loom_model_free(m);
-    loom_model_free(ref_model);
+    parity_reference_free(&ref);
 }
 
 static int run_under_mpi(int nproc) {
@@ -239,7 +200,7 @@ static int run_under_mpi(int nproc) {
             parity(models[i], &ref, (pipe_case){2, 2, 2, 2, F, 1, NULL, NULL});
             parity(models[i], &ref, (pipe_case){2, 2, 2, 2, G, 1, NULL, "layers"});
         }
-        loom_model_free(ref.model);
+        parity_reference_free(&ref);
     }
     if (size == nproc && nproc <= 4) dummies(nproc / 2);
     int mine[2] = {tu_passed, tu_failed}, all[2];

@@ -9,6 +9,7 @@
 #include "loom/parallel.h"
 #include "models/family.h"
 #include "oracle-model.h"
+#include "parity.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -20,26 +21,11 @@
 #define T 16
 #define STEPS 3
 
-typedef struct reference {
-    float losses[STEPS];
-    int n;
-    float **params;
-    int64_t *numel;
-} reference;
+typedef parity_reference reference;
 
 static int32_t tokens[B * T], targets[B * T];
 
-static loom_train_config train_config(void) {
-    loom_train_config tc = loom_train_config_default();
-    tc.batch = B;
-    tc.seq = T;
-    tc.lr = 1e-2f;
-    tc.weight_decay = 0.1f;
-    tc.grad_clip = 1.0f;
-    tc.eps = 1e-3f;  // see tests/oracle/README.md
-    tc.threads = 1;
-    return tc;
-}
+static loom_train_config train_config(void) { return parity_train_config(B, T); }
 
 // A 4-layer model of the family (random init, fixed seed) or an oracle directory.
 static loom_model_t make_model(const char *name) {
@@ -56,30 +42,8 @@ static loom_model_t make_model(const char *name) {
 static void single_device(const char *name, reference *ref) {
     loom_model_t m = make_model(name);
     loom_train_config tc = train_config();
-    loom_trainer_t t;
-    CHECK_OK(loom_trainer_create(m, &tc, &t));
-    for (int s = 0; s < STEPS; s++) {
-        loom_step_stats st;
-        CHECK_OK(loom_trainer_step(t, tokens, targets, &st));
-        ref->losses[s] = st.loss;
-    }
-    ref->n = loom_model_n_tensors(m);
-    ref->params = calloc((size_t)ref->n, sizeof(float *));
-    ref->numel = calloc((size_t)ref->n, sizeof(int64_t));
-    for (int i = 0; i < ref->n; i++) {
-        float *data;
-        loom_model_tensor(m, loom_model_tensor_name(m, i, NULL, NULL), &data, &ref->numel[i]);
-        ref->params[i] = malloc((size_t)ref->numel[i] * sizeof(float));
-        memcpy(ref->params[i], data, (size_t)ref->numel[i] * sizeof(float));
-    }
-    loom_trainer_free(t);
+    parity_reference_run(m, &tc, tokens, targets, STEPS, ref);
     loom_model_free(m);
-}
-
-static void reference_free(reference *ref) {
-    for (int i = 0; i < ref->n; i++) free(ref->params[i]);
-    free(ref->params);
-    free(ref->numel);
 }
 
 typedef struct pipe_case {
@@ -141,21 +105,9 @@ static void parity(const char *name, const reference *ref, pipe_case c) {
                   ref->losses[s]);
     }
     CHECK_OK(loom_parallel_sync_model(p));
-    for (int i = 0; i < ref->n; i++) {
-        float *data;
-        int64_t n;
-        const char *pname = loom_model_tensor_name(m, i, NULL, NULL);
-        loom_model_tensor(m, pname, &data, &n);
-        double num = 0, den = 0;
-        for (int64_t k = 0; k < n; k++) {
-            double d = (double)data[k] - ref->params[i][k];
-            num += d * d;
-            den += (double)ref->params[i][k] * ref->params[i][k];
-        }
-        double rel = sqrt(num / (den > 0 ? den : 1));
-        if (rel > worst_param) worst_param = rel;
-        CHECK_MSG(rel < 1e-5, "%s: parameter %s differs (rel %.2e)", what, pname, rel);
-    }
+    const char *pname = "";
+    worst_param = parity_params_error(m, ref, &pname);
+    CHECK_MSG(worst_param < 1e-5, "%s: parameter %s differs (rel %.2e)", what, pname, worst_param);
     printf("%-62s loss rel err %.1e, parameters %.1e\n", what, worst_loss, worst_param);
     loom_parallel_free(p);
     loom_model_free(m);
@@ -301,14 +253,7 @@ static void test_checkpoint(const reference *ref) {
                   "resumed from %s (case %d): loss %.7f vs %.7f", resume[k].from, k, st.loss,
                   ref->losses[2]);
         CHECK_OK(loom_parallel_sync_model(p));
-        double worst = 0;
-        for (int i = 0; i < ref->n; i++) {
-            float *data;
-            int64_t n;
-            loom_model_tensor(m, loom_model_tensor_name(m, i, NULL, NULL), &data, &n);
-            double err = tu_max_rel_err(data, ref->params[i], (size_t)n, 1e-6);
-            if (err > worst) worst = err;
-        }
+        double worst = parity_params_error(m, ref, NULL);
         CHECK_MSG(worst < 1e-5, "resumed (case %d): parameters relative error %.3g", k, worst);
         printf("saved on pp2 x tp2 x dp2, resumed on pp%d: loss %.7f, parameters %.1e\n",
                resume[k].c.pp, st.loss, worst);
@@ -407,8 +352,8 @@ int main(void) {
     test_measured_balance();
     test_dummies();
     test_errors();
-    reference_free(&gpt2);
-    reference_free(&llama);
-    reference_free(&gpt4);
+    parity_reference_free(&gpt2);
+    parity_reference_free(&llama);
+    parity_reference_free(&gpt4);
     return tu_finish();
 }
