@@ -292,7 +292,8 @@ loom_status loom__runner_run(loom_runner *r) {
         double t0 = r->profile || r->trace ? omp_get_wtime() : 0;
         switch (in->kind) {
         case LOOM_INSTR_ZERO_GRADS:
-            memset(r->region[LOOM_REGION_PARAM_GRAD], 0, p->region_bytes[LOOM_REGION_PARAM_GRAD]);
+            if (p->region_bytes[LOOM_REGION_PARAM_GRAD])  // a graph may have no parameters
+                memset(r->region[LOOM_REGION_PARAM_GRAD], 0, p->region_bytes[LOOM_REGION_PARAM_GRAD]);
             break;
         case LOOM_INSTR_LOAD_BATCH: LOOM_CHECK(load_batch(r, in->arg)); break;
         case LOOM_INSTR_SEED_GRAD:
