@@ -162,8 +162,9 @@ int loom_parallel_rank(loom_parallel_t p);
 loom_memory_stats loom_parallel_memory(loom_parallel_t p, int rank);
 int loom_parallel_nranks(loom_parallel_t p);
 // The device allocation: a table of modules x ranks (which share of each module's parameters a
-// rank holds; every rank of a unit holds an equal share) and the bytes of parameters,
-// gradients and optimizer state per rank.
+// rank holds, '-' for none: pipeline ranks hold their stages' modules; '-' too for ranks held
+// by another process) and the bytes of parameters, gradients, optimizer state and activations
+// of each pipeline rank.
 void loom_parallel_print_allocation(loom_parallel_t p, FILE *f);
 
 #ifdef __cplusplus
