@@ -263,7 +263,8 @@ static loom_status measure(const loom_device_measure_config *cfg, loom_device_me
 
     // Triad over three arrays well beyond the last-level cache.
     size_t n = quick ? ((size_t)8 << 20) : ((size_t)32 << 20);
-    float *x = loom__malloc_aligned(n * sizeof(float)), *y = loom__malloc_aligned(n * sizeof(float));
+    float *x = loom__malloc_aligned(n * sizeof(float));
+    float *y = loom__malloc_aligned(n * sizeof(float));
     float *z = loom__malloc_aligned(n * sizeof(float));
     if (x && y && z) {
         #pragma omp parallel for num_threads(m->threads) schedule(static)

@@ -59,25 +59,23 @@ const char *loom_device_kind_name(loom_device_kind kind) {
 //  - memory_bytes: "80GB" is 80 GiB (nvidia-smi shows 81920 MiB on A100 80GB); the CUDA context
 //    takes some of it, so plan with headroom.
 
-static const double GB = 1e9;
-static const double TFLOPS = 1e12;
 static const uint64_t GIB = (uint64_t)1 << 30;
 
 static void builtin_a100(loom_device_spec *s) {
     *s = (loom_device_spec){.kind = LOOM_DEVICE_GPU};
     snprintf(s->name, sizeof s->name, "a100-80gb-sxm");
-    s->peak_flops_f32 = 19.5 * TFLOPS;        // [A100-DS] FP32 19.5 TFLOPS
-    s->peak_flops_tf32 = 156 * TFLOPS;        // [A100-DS] TF32 Tensor Core 156 TFLOPS (312 sparse)
-    s->peak_flops_bf16 = 312 * TFLOPS;        // [A100-DS] BFLOAT16 Tensor Core 312 TFLOPS (624 sparse)
-    s->peak_flops_f16 = 312 * TFLOPS;         // [A100-DS] FP16 Tensor Core 312 TFLOPS (624 sparse)
-    s->matmul_efficiency = 0.8;               // assumption, see above
-    s->memory_bytes = 80 * GIB;               // [A100-DS] 80GB HBM2e
-    s->memory_bandwidth = 2039 * GB;          // [A100-DS] 2,039 GB/s
-    s->devices_per_node = 8;                  // [HGX-A100] 8 GPUs on NVSwitch (DGX/HGX A100)
-    s->intra_node.bandwidth = 600 * GB / 2;   // [HGX-A100] 600 GB/s both directions: 300 each way
-    s->intra_node.latency = 3e-6;             // assumption, see above
-    s->inter_node.bandwidth = 200e9 / 8;      // [DGX-A100] one HDR 200 Gb/s port per GPU: 25 GB/s
-    s->inter_node.latency = 5e-6;             // assumption, see above
+    s->peak_flops_f32 = 19.5e12;          // [A100-DS] FP32 19.5 TFLOPS
+    s->peak_flops_tf32 = 156e12;          // [A100-DS] TF32 Tensor Core 156 TFLOPS (312 sparse)
+    s->peak_flops_bf16 = 312e12;          // [A100-DS] BFLOAT16 Tensor Core 312 TFLOPS (624 sparse)
+    s->peak_flops_f16 = 312e12;           // [A100-DS] FP16 Tensor Core 312 TFLOPS (624 sparse)
+    s->matmul_efficiency = 0.8;           // assumption, see above
+    s->memory_bytes = 80 * GIB;           // [A100-DS] 80GB HBM2e
+    s->memory_bandwidth = 2039e9;         // [A100-DS] 2,039 GB/s
+    s->devices_per_node = 8;              // [HGX-A100] 8 GPUs on NVSwitch (DGX/HGX A100)
+    s->intra_node.bandwidth = 600e9 / 2;  // [HGX-A100] 600 GB/s both directions: 300 each way
+    s->intra_node.latency = 3e-6;         // assumption, see above
+    s->inter_node.bandwidth = 200e9 / 8;  // [DGX-A100] one HDR 200 Gb/s port per GPU: 25 GB/s
+    s->inter_node.latency = 5e-6;         // assumption, see above
     snprintf(s->source, sizeof s->source,
              "NVIDIA A100 datasheet (A100 80GB SXM); HGX A100 and DGX A100 (NVLink 600 GB/s "
              "bidirectional per GPU, one 200 Gb/s HDR InfiniBand port per GPU); latencies and "
@@ -89,18 +87,18 @@ static void builtin_a100(loom_device_spec *s) {
 static void builtin_h100(loom_device_spec *s) {
     *s = (loom_device_spec){.kind = LOOM_DEVICE_GPU};
     snprintf(s->name, sizeof s->name, "h100-80gb-sxm");
-    s->peak_flops_f32 = 66.9 * TFLOPS;        // [H100-DS] FP32 67 TFLOPS (whitepaper 66.9)
-    s->peak_flops_tf32 = 494.7 * TFLOPS;      // [H100-DS] TF32 989 TFLOPS sparse, dense 494.7
-    s->peak_flops_bf16 = 989.4 * TFLOPS;      // [H100-DS] BF16 1,979 TFLOPS sparse, dense 989.4
-    s->peak_flops_f16 = 989.4 * TFLOPS;       // [H100-DS] FP16 1,979 TFLOPS sparse, dense 989.4
-    s->matmul_efficiency = 0.7;               // assumption, see above
-    s->memory_bytes = 80 * GIB;               // [H100-DS] 80GB HBM3
-    s->memory_bandwidth = 3350 * GB;          // [H100-DS] 3.35 TB/s
-    s->devices_per_node = 8;                  // [DGX-H100] eight Hopper GPUs, four NVSwitches
-    s->intra_node.bandwidth = 900 * GB / 2;   // [HOPPER] 900 GB/s bidirectional: 450 each way
-    s->intra_node.latency = 3e-6;             // assumption, see above
-    s->inter_node.bandwidth = 400e9 / 8;      // [DGX-H100] one NDR 400 Gb/s port per GPU: 50 GB/s
-    s->inter_node.latency = 5e-6;             // assumption, see above
+    s->peak_flops_f32 = 66.9e12;          // [H100-DS] FP32 67 TFLOPS (whitepaper 66.9)
+    s->peak_flops_tf32 = 494.7e12;        // [H100-DS] TF32 989 TFLOPS sparse, dense 494.7
+    s->peak_flops_bf16 = 989.4e12;        // [H100-DS] BF16 1,979 TFLOPS sparse, dense 989.4
+    s->peak_flops_f16 = 989.4e12;         // [H100-DS] FP16 1,979 TFLOPS sparse, dense 989.4
+    s->matmul_efficiency = 0.7;           // assumption, see above
+    s->memory_bytes = 80 * GIB;           // [H100-DS] 80GB HBM3
+    s->memory_bandwidth = 3350e9;         // [H100-DS] 3.35 TB/s
+    s->devices_per_node = 8;              // [DGX-H100] eight Hopper GPUs, four NVSwitches
+    s->intra_node.bandwidth = 900e9 / 2;  // [HOPPER] 900 GB/s bidirectional: 450 each way
+    s->intra_node.latency = 3e-6;         // assumption, see above
+    s->inter_node.bandwidth = 400e9 / 8;  // [DGX-H100] one NDR 400 Gb/s port per GPU: 50 GB/s
+    s->inter_node.latency = 5e-6;         // assumption, see above
     snprintf(s->source, sizeof s->source,
              "NVIDIA H100 datasheet (H100 SXM) and Hopper whitepaper; DGX H100 (NVLink 900 GB/s "
              "bidirectional per GPU, one 400 Gb/s NDR InfiniBand port per GPU); latencies and "
@@ -491,7 +489,8 @@ static void put(text_buf *b, const char *fmt, ...) {
     va_list ap;
     for (;;) {
         va_start(ap, fmt);
-        int n = vsnprintf(b->data ? b->data + b->len : NULL, b->data ? b->cap - b->len : 0, fmt, ap);
+        char *dst = b->data ? b->data + b->len : NULL;
+        int n = vsnprintf(dst, b->data ? b->cap - b->len : 0, fmt, ap);
         va_end(ap);
         if (n < 0) {
             b->failed = 1;

@@ -147,7 +147,8 @@ int cmd_bench(int argc, char **argv) {
         return 0;
     }
     if (argc < 2) fprintf(stderr, "loom bench: which benchmark? (the one there is: devices)\n");
-    else fprintf(stderr, "loom bench: unknown benchmark '%s' (the one there is: devices)\n", argv[1]);
+    else fprintf(stderr, "loom bench: unknown benchmark '%s' (the one there is: devices)\n",
+                 argv[1]);
     fprintf(stderr, "usage: %s\nRun 'loom bench devices --help' for details.\n", bench_usage);
     return CLI_EXIT_USAGE;
 }
