@@ -31,24 +31,28 @@ const char *loom_device_kind_name(loom_device_kind kind) {
 //             table for "A100 80GB SXM"; the same values are in the Ampere architecture whitepaper.
 //             https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
 //             (tabulated at https://glennklockwood.com/garden/processors/A100)
-//  [HGX-A100] NVIDIA developer blog, "Introducing NVIDIA HGX A100": 8 GPUs on 6 NVSwitches,
-//             "any A100 GPU [talks] to any other A100 GPU at a full NVLink bi-directional speed
-//             of 600 GB/s". https://developer.nvidia.com/blog/introducing-hgx-a100-most-powerful-accelerated-server-platform-for-ai-hpc/
-//  [DGX-A100] NVIDIA developer blog, "Defining AI Innovation with DGX A100": eight single-port
-//             Mellanox ConnectX-6 200 Gb/s HDR InfiniBand adapters for the compute fabric, one
-//             per GPU. https://developer.nvidia.com/blog/defining-ai-innovation-with-dgx-a100/
+//  [HGX-A100] NVIDIA developer blog, "Introducing NVIDIA HGX A100": 8 GPUs on 6 NVSwitches;
+//             the topology "enables any A100 GPU to talk to any other A100 GPU at a full NVLink
+//             bi-directional speed of 600 GB/s".
+//             https://developer.nvidia.com/blog/introducing-hgx-a100-most-powerful-accelerated-server-platform-for-ai-hpc/
+//  [DGX-A100] DGX A100 (NVIDIA's announcement, https://developer.nvidia.com/blog/defining-ai-innovation-with-dgx-a100/):
+//             eight Mellanox ConnectX-6 HDR InfiniBand adapters at 200 Gb/s, one per GPU, for
+//             the compute fabric. The text checked here was the press report of it (geektopia.es,
+//             2020-05-14: "ocho tarjetas de red de Mellanox ... 200 Gb/s") and the HGX A100
+//             8-GPU server layout with one GPU-dedicated NIC per GPU.
 //  [H100-DS]  NVIDIA H100 Tensor Core GPU datasheet, "H100 SXM" column: FP32 67 TFLOPS,
-//             TF32 989 / BF16 1,979 / FP16 1,979 TFLOPS "with sparsity" (dense is one half),
-//             80 GB HBM3 at 3.35 TB/s, NVLink 900 GB/s. Dense values with one more digit from
-//             the Hopper architecture whitepaper (FP32 66.9, TF32 494.7, BF16/FP16 989.4).
-//             https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet
-//             (tabulated at https://glennklockwood.com/garden/processors/h100 and
-//             https://archive-lib.hpctech.co.jp/gpuproduct/nvidia-h100.html)
-//  [HOPPER]   https://www.nvidia.com/en-us/technologies/hopper-architecture/ : fourth-generation
-//             NVLink, "900 gigabytes per second (GB/s) bidirectional per GPU" in DGX/HGX H100.
+//             TF32 989 / BF16 1,979 / FP16 1,979 TFLOPS "shown with sparsity; specifications
+//             1/2 lower without sparsity", 80 GB HBM3 at 3,350 GB/s, NVLink 900 GB/s; the table
+//             as reproduced at https://archive-lib.hpctech.co.jp/gpuproduct/nvidia-h100.html.
+//             Dense values with one more digit from the Hopper architecture whitepaper (FP32
+//             66.9, TF32 494.7, BF16/FP16 989.4), as tabulated at
+//             https://glennklockwood.com/garden/processors/h100
+//  [HOPPER]   NVIDIA's Hopper architecture page (https://www.nvidia.com/de-de/technologies/hopper-architecture/,
+//             German edition): fourth-generation NVLink gives 900 GB/s bidirectional per GPU in
+//             DGX and HGX H100 servers.
 //  [DGX-H100] NVIDIA DGX BasePOD reference architecture, core components: DGX H100 has "four
-//             OSFP ports serving eight single-port NVIDIA ConnectX-7 VPI ... up to 400 Gb/s
-//             InfiniBand" (NDR), one per GPU. https://docs.nvidia.com/dgx-basepod/reference-architecture-infrastructure-foundation-enterprise-ai/latest/core-components.html
+//             OSFP ports serving eight single-port NVIDIA ConnectX-7 VPI, ... up to 400 Gb/s
+//             InfiniBand/Ethernet" (NDR), one per GPU. https://docs.nvidia.com/dgx-basepod/reference-architecture-infrastructure-foundation-enterprise-ai/latest/core-components.html
 //
 // Assumptions (not from datasheets; change them with a JSON file when you know better):
 //  - matmul_efficiency: cuBLAS reaches roughly 80% of peak on large bf16 GEMMs on A100 and
@@ -56,8 +60,8 @@ const char *loom_device_kind_name(loom_device_kind kind) {
 //  - latencies: alpha per collective step, including the NCCL kernel's share: NVLink/NVSwitch
 //    about 3 us; InfiniBand HDR/NDR through one switch level about 5 us (NIC and switch add
 //    ~1-2 us, the rest is the software path).
-//  - memory_bytes: "80GB" is 80 GiB (nvidia-smi shows 81920 MiB on A100 80GB); the CUDA context
-//    takes some of it, so plan with headroom.
+//  - memory_bytes: "80GB" read as 80 GiB, the nominal size (nvidia-smi shows a little less on
+//    H100); the driver and the CUDA context take some of it, so plan with headroom.
 
 static const uint64_t GIB = (uint64_t)1 << 30;
 

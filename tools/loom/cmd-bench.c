@@ -46,7 +46,7 @@ static void print_table(const loom_device_measurement *m, const loom_device_spec
            m->cpu_model[0] ? m->cpu_model : "unknown CPU", m->cores,
            (double)m->ram_bytes / (1 << 30), m->seconds);
     char all[32];
-    snprintf(all, sizeof all, "%d threads", m->threads);
+    snprintf(all, sizeof all, "%d thread%s", m->threads, m->threads == 1 ? "" : "s");
     printf("%-30s %15s %15s\n", "sgemm (fp32, OpenBLAS)", "1 thread", all);
     for (int i = 0; i < m->n_sgemm; i++) {
         char label[64];
