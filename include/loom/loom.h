@@ -7,6 +7,7 @@
 #include "loom/comm.h"
 #include "loom/constraints.h"
 #include "loom/data.h"
+#include "loom/device.h"
 #include "loom/dtype.h"
 #include "loom/exec.h"
 #include "loom/graph.h"
