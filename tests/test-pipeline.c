@@ -8,10 +8,12 @@
 #include "loom/checkpoint.h"
 #include "loom/parallel.h"
 #include "models/family.h"
+#include "runtime/runner.h"
 #include "oracle-model.h"
 #include "parity.h"
 #include "testutil.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,6 +293,41 @@ static void test_measured_balance(void) {
     }
 }
 
+// Measured op costs are cached on disk: a second measurement reads the cache (here edited to a
+// sentinel value, which must come back) instead of timing the ops again.
+static void test_cost_cache(const char *dir) {
+    char path[600];
+    loom_model_t m = make_model("gpt2");
+    loom_graph_t g = NULL;
+    CHECK_OK(loom_model_build_graph(m, LOOM_GRAPH_FORWARD, 2, T, 0, &g));
+    int n = g ? g->n_nodes : 0;
+    double *first = calloc((size_t)n + 1, sizeof(double)), *again = calloc((size_t)n + 1, sizeof(double));
+    CHECK_OK(loom__measure_costs(g, 1, first));
+    double total = 0;
+    for (int i = 0; i < n; i++) total += first[i];
+    CHECK_MSG(total > 0, "measured costs sum to %g", total);
+    snprintf(path, sizeof path, "%s/loom/ops/cpu.json", dir);
+    json_t *root = json_load_file(path, 0, NULL);
+    json_t *ops = json_object_get(root, "ops");
+    CHECK_MSG(json_object_size(ops) > 3, "the cache %s holds %zu ops", path, json_object_size(ops));
+    const char *key;
+    json_t *value;
+    json_object_foreach(ops, key, value) json_real_set(value, 0.125);
+    CHECK(json_dump_file(root, path, 0) == 0);
+    json_decref(root);
+    CHECK_OK(loom__measure_costs(g, 1, again));
+    int sentinel = 0, measured = 0;
+    for (int i = 0; i < n; i++) {
+        measured += first[i] > 0;
+        sentinel += again[i] == 0.125;
+    }
+    CHECK_MSG(sentinel == measured && measured > 0, "%d of %d costs came from the cache", sentinel,
+              measured);
+    free(first), free(again);
+    loom_graph_destroy(g);
+    loom_model_free(m);
+}
+
 static void expect_error(pipe_case c, const char *fragment) {
     loom_model_t m = make_model("gpt2");
     loom_compute_config cc = pipe_config(&c);
@@ -312,6 +349,10 @@ static void test_errors(void) {
 }
 
 int main(void) {
+    // Measured op costs are cached under XDG_CACHE_HOME: keep the user's cache out of the tests.
+    char cache[] = "/tmp/loom-test-cache-XXXXXX";
+    if (!mkdtemp(cache)) return 1;
+    setenv("XDG_CACHE_HOME", cache, 1);
     for (int i = 0; i < B * T; i++) {
         tokens[i] = (i * 37 + 11) % 96;
         targets[i] = (i % 13 == 5) ? -100 : (i * 53 + 7) % 96;
@@ -350,10 +391,14 @@ int main(void) {
     test_memory_bound();
     test_checkpoint(&gpt2);
     test_measured_balance();
+    test_cost_cache(cache);
     test_dummies();
     test_errors();
     parity_reference_free(&gpt2);
     parity_reference_free(&llama);
     parity_reference_free(&gpt4);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache);
+    CHECK(system(cmd) == 0);
     return tu_finish();
 }

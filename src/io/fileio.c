@@ -184,6 +184,22 @@ loom_status loom__ensure_dir(const char *dir) {
                        err == ENOENT ? " (create its parent directory first)" : "");
 }
 
+loom_status loom__mkdirs(const char *dir) {
+    char *buf = loom__strdup(dir);
+    if (!buf) return LOOM_ERR_NOMEM;
+    loom_status st = LOOM_OK;
+    for (char *p = buf + 1; st == 0; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char saved = *p;
+        *p = '\0';
+        st = loom__ensure_dir(buf);
+        *p = saved;
+        if (saved == '\0') break;
+    }
+    loom__free(buf);
+    return st;
+}
+
 int loom__is_regular_file(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);

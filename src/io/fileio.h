@@ -52,6 +52,8 @@ char *loom__path_dirname(const char *path);
 // Create directory `dir` if missing (its parent must exist). LOOM_ERR_IO when it cannot be
 // created or exists but is not a directory.
 loom_status loom__ensure_dir(const char *dir);
+// mkdir -p: `dir` and any missing parents (errors as loom__ensure_dir).
+loom_status loom__mkdirs(const char *dir);
 // 1 if `path` exists and is a regular file, 0 otherwise.
 int loom__is_regular_file(const char *path);
 

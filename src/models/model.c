@@ -4,6 +4,7 @@
 #include "models/family.h"
 
 #include "core/core.h"
+#include "io/fileio.h"
 #include "ir/ir.h"
 #include "loom/safetensors.h"
 
@@ -341,24 +342,8 @@ done:
     return LOOM_OK;
 }
 
-static loom_status mkdir_p(const char *dir) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", dir);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            return loom__error(LOOM_ERR_IO, "%s: cannot create directory (%s)", buf,
-                               strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-        return loom__error(LOOM_ERR_IO, "%s: cannot create directory (%s)", buf, strerror(errno));
-    return LOOM_OK;
-}
-
 loom_status loom_model_save(loom_model_t m, const char *dir) {
-    LOOM_CHECK(mkdir_p(dir));
+    LOOM_CHECK(loom__mkdirs(dir));
     char path[4096], tmp[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);

@@ -1,11 +1,17 @@
-// Measured op costs for balancing pipeline stages: each distinct forward node runs alone, as a
-// one-node graph with its backward, on the real backend, and its best time is its cost.
+// Measured op costs: each distinct forward node runs alone, as a one-node graph with its
+// backward, on the real backend, and its best time is its cost. Measurements are cached on disk
+// ($XDG_CACHE_HOME/loom/ops/cpu.json), keyed by op signature, input shapes, dtypes and roles,
+// attributes and threads, so a signature is profiled once per machine.
 
 #include "runtime/runner.h"
 
 #include "core/core.h"
+#include "io/fileio.h"
+#include "loom/device.h"
 
+#include <jansson.h>
 #include <omp.h>
+#include <stdio.h>
 #include <string.h>
 
 enum { MEASURE_RUNS = 3 };
@@ -97,20 +103,83 @@ static loom_status measure_node(const loom_graph *g, const loom_node *n, double 
     return st;
 }
 
+// The cache key of node n: "loom.linear f32:param:768x768 f32:act:4x64x768 | ai ... | t2".
+static void cache_key(const loom_graph *g, const loom_node *n, int threads, char *buf,
+                      size_t cap) {
+    static const char *roles[] = {"in", "param", "act", "grad", "state"};
+    size_t len = (size_t)snprintf(buf, cap, "%s", loom__op_def(n->op)->signature);
+    for (int k = 0; k < n->n_in && len < cap; k++) {
+        const loom_value_info *v = &g->values[n->in[k]];
+        len += (size_t)snprintf(buf + len, cap - len, " %s:%s:", loom_dtype_name(v->dtype),
+                                (unsigned)v->role < 5 ? roles[v->role] : "?");
+        for (int d = 0; d < v->ndim && len < cap; d++)
+            len += (size_t)snprintf(buf + len, cap - len, "%s%lld", d ? "x" : "",
+                                    (long long)v->shape[d]);
+    }
+    if (len < cap)
+        snprintf(buf + len, cap - len, " | %lld %lld %lld %lld %.9g %.9g %.9g %.9g | t%d",
+                 (long long)n->ai[0], (long long)n->ai[1], (long long)n->ai[2],
+                 (long long)n->ai[3], (double)n->af[0], (double)n->af[1], (double)n->af[2],
+                 (double)n->af[3], threads);
+}
+
+// The cache file's measurements (an object: key -> seconds), or an empty object when there is
+// none or it cannot be read (a damaged cache is measured again, not an error).
+static json_t *cache_load(const char *path) {
+    json_t *root = path[0] ? json_load_file(path, 0, NULL) : NULL;
+    json_t *ops = root ? json_object_get(root, "ops") : NULL;
+    if (!json_is_object(ops)) {
+        json_decref(root);
+        return json_pack("{s:i, s:{}}", "version", 1, "ops");
+    }
+    return root;
+}
+
 loom_status loom__measure_costs(const loom_graph *g, int threads, double *cost) {
     int saved = omp_get_max_threads();
-    omp_set_num_threads(threads > 0 ? threads : saved);
-    loom_status st = LOOM_OK;
+    if (threads < 1) threads = saved;
+    omp_set_num_threads(threads);
+    char path[4096] = "", key[1024];
+    // Same directory as the device specs: <cache>/loom/ops/cpu.json.
+    if (loom_device_spec_cache_path("cpu", path, sizeof path) == 0) {
+        char *dir = strstr(path, "/devices/cpu.json");
+        if (dir) snprintf(dir, sizeof path - (size_t)(dir - path), "/ops/cpu.json");
+        else path[0] = '\0';
+    }
+    json_t *cache = cache_load(path);
+    json_t *ops = cache ? json_object_get(cache, "ops") : NULL;
+    int added = 0;
+    loom_status st = cache ? LOOM_OK : LOOM_ERR_NOMEM;
     for (int i = 0; i < g->n_nodes && st == 0; i++) {
         const loom_node *n = &g->nodes[i];
         cost[i] = 0;
         if (n->backward || (loom__op_def(n->op)->flags & LOOM_OPF_COMM)) continue;
         int j = 0;
         while (j < i && (g->nodes[j].backward || !same_signature(g, &g->nodes[j], n))) j++;
-        if (j < i) cost[i] = cost[j];
-        else st = measure_node(g, n, &cost[i]);
+        if (j < i) {
+            cost[i] = cost[j];
+            continue;
+        }
+        cache_key(g, n, threads, key, sizeof key);
+        json_t *hit = json_object_get(ops, key);
+        if (json_is_number(hit) && json_number_value(hit) >= 0) {
+            cost[i] = json_number_value(hit);
+            continue;
+        }
+        st = measure_node(g, n, &cost[i]);
+        if (st == 0) json_object_set_new(ops, key, json_real(cost[i])), added = 1;
     }
     omp_set_num_threads(saved);
+    if (st == 0 && added && path[0]) {
+        // A cache that cannot be written only costs a new measurement next time.
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = '\0';
+        if (loom__mkdirs(dir) != 0 || loom__write_json_atomic(path, cache, JSON_INDENT(1)) != 0)
+            loom__log(LOOM_LOG_WARN, "could not cache op measurements in %s", path);
+    }
+    json_decref(cache);
     if (st < 0) loom__error_prefix("measuring op costs");
     return st;
 }

@@ -22,16 +22,7 @@ static void print_progress(const char *line, void *user) {
 // mkdir -p of the directory part of `path`.
 static int make_parent_dirs(const char *path) {
     char *dir = loom__path_dirname(path);
-    if (!dir) return -1;
-    int rc = 0;
-    for (char *p = dir + 1; rc == 0; p++) {
-        if (*p != '/' && *p != '\0') continue;
-        char saved = *p;
-        *p = '\0';
-        if (loom__ensure_dir(dir) < 0) rc = -1;
-        *p = saved;
-        if (saved == '\0') break;
-    }
+    int rc = dir && loom__mkdirs(dir) == 0 ? 0 : -1;
     free(dir);
     return rc;
 }
