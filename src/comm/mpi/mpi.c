@@ -305,6 +305,9 @@ static loom_status timeout_census(loom_comm_t c, const loom_comm_args *a, MPI_Re
 
 // Wait for `req` (the MPI side of call `a`): done, a failure notice, an MPI error, or the
 // timeout, which poisons the communicator and tells the other ranks.
+// How long a call that may already be complete keeps polling after a peer's failure notice.
+#define NOTICE_GRACE_S 0.2
+
 static loom_status poll_request(loom_comm_t c, const loom_comm_args *a, MPI_Request *req,
                                 MPI_Status *status) {
     mpi_comm_data *d = c->transport;
@@ -323,7 +326,18 @@ static loom_status poll_request(loom_comm_t c, const loom_comm_args *a, MPI_Requ
         }
         if (rc != MPI_SUCCESS) return fail_with_mpi_error(c, a, rc);
         if (done) return LOOM_OK;
-        if (receive_notices(d, a)) break;
+        if (receive_notices(d, a)) {
+            // A peer failed, perhaps after this call completed on its side (it left a barrier
+            // and aborted while our barrier had not been polled to completion yet): give the
+            // call a moment to finish before failing it. Later calls fail at once.
+            double grace = now_s() + NOTICE_GRACE_S;
+            while (rc == MPI_SUCCESS && !done && now_s() < grace) {
+                rc = MPI_Test(req, &done, status);
+                if (!done) sched_yield();
+            }
+            if (rc == MPI_SUCCESS && done) return LOOM_OK;
+            break;
+        }
         double t = now_s();
         if (t > deadline) {
             char call[128];
