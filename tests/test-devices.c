@@ -448,12 +448,31 @@ static void test_cli(void) {
               "missing required field");
 }
 
+// The collective model against the ring formulas of reference/cost-models.md, worked by hand.
+static void test_collective_model(void) {
+    loom_device_spec a100;
+    CHECK_OK(loom_device_spec_builtin("a100-80gb-sxm", &a100));
+    // 1 GB all-reduce on 8 GPUs of a node (300 GB/s, 3 us): 14 steps x 3 us + 1.75 GB / 300 GB/s.
+    double t = loom_device_collective_seconds(&a100, LOOM_COLLECTIVE_ALL_REDUCE, 1e9, 8);
+    CHECK_MSG(fabs(t - (42e-6 + 1.75e9 / 300e9)) < 1e-12, "all-reduce 1 GB x 8: %.9g s", t);
+    // 1 GB all-gather on 16 GPUs (two nodes: 25 GB/s, 5 us): 15 x 5 us + (15/16) GB / 25 GB/s.
+    t = loom_device_collective_seconds(&a100, LOOM_COLLECTIVE_ALL_GATHER, 1e9, 16);
+    CHECK_MSG(fabs(t - (75e-6 + 0.9375e9 / 25e9)) < 1e-12, "all-gather 1 GB x 16: %.9g s", t);
+    // Point to point: one step, the whole message.
+    t = loom_device_collective_seconds(&a100, LOOM_COLLECTIVE_SEND_RECV, 1e6, 2);
+    CHECK_MSG(fabs(t - (3e-6 + 1e6 / 300e9)) < 1e-15, "send 1 MB: %.9g s", t);
+    CHECK(loom_device_collective_seconds(&a100, LOOM_COLLECTIVE_ALL_REDUCE, 1e9, 1) == 0);
+    loom_device_link none = {0, 0};
+    CHECK(loom_collective_seconds(&none, LOOM_COLLECTIVE_ALL_REDUCE, 1, 2) > 1e20);
+}
+
 int main(void) {
     if (tu_scratch_make("devices") != 0) {
         fprintf(stderr, "cannot create a scratch directory\n");
         return 1;
     }
     test_builtin_gpus();
+    test_collective_model();
     test_round_trip();
     test_bad_files();
     test_cache_path();

@@ -106,6 +106,31 @@ loom_status loom_device_spec_validate(const loom_device_spec *spec);
 // LOOM_ERR_NOT_FOUND when neither variable is set, LOOM_ERR_INVALID when `cap` is too small.
 loom_status loom_device_spec_cache_path(const char *name, char *buf, size_t cap);
 
+// ---- the collective model -----------------------------------------------------------------------
+
+typedef enum loom_collective {
+    LOOM_COLLECTIVE_ALL_REDUCE = 0,
+    LOOM_COLLECTIVE_REDUCE_SCATTER,
+    LOOM_COLLECTIVE_ALL_GATHER,
+    LOOM_COLLECTIVE_ALL_TO_ALL,
+    LOOM_COLLECTIVE_BROADCAST,
+    LOOM_COLLECTIVE_SEND_RECV,
+    LOOM_COLLECTIVE_COUNT
+} loom_collective;
+
+// A collective of `bytes` (the whole vector: all-reduce's buffer, all-gather's output) among
+// `ranks` ranks on `link`: steps x latency + volume x bytes / bandwidth, with the ring's steps
+// and volume per rank (docs/devices.md). 0 for one rank; a huge value for a missing link.
+double loom_collective_seconds(const loom_device_link *link, loom_collective kind, double bytes,
+                               int ranks);
+// The same on a device's links: the intra-node link when the ranks fit in one node
+// (ranks <= devices_per_node, consecutive devices), else the inter-node link, which a ring
+// across nodes waits for.
+double loom_device_collective_seconds(const loom_device_spec *spec, loom_collective kind,
+                                      double bytes, int ranks);
+// The ring's steps (latency terms) and volume (bytes moved per rank, as a fraction of `bytes`).
+void loom_collective_ring(loom_collective kind, int ranks, double *steps, double *volume);
+
 // peak FLOP/s for `dtype` inputs times matmul_efficiency; 0 when the device does not run it.
 // LOOM_DTYPE_F32 is plain fp32 (not tf32).
 double loom_device_spec_matmul_rate(const loom_device_spec *spec, loom_dtype dtype);

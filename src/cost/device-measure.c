@@ -173,9 +173,12 @@ static void *comm_rank_main(void *arg) {
     return NULL;
 }
 
-// Fit alpha and B_w of t = steps alpha + factor S / B_w to a small and a large measurement.
-static loom_device_link fit_link(double t_small, double t_large, double steps, double factor,
+// Fit alpha and B_w of the collective model (t = steps alpha + volume S / B_w) to a small and a
+// large measurement.
+static loom_device_link fit_link(double t_small, double t_large, loom_collective kind, int n,
                                  double large_bytes) {
+    double steps, factor;
+    loom_collective_ring(kind, n, &steps, &factor);
     loom_device_link l;
     l.latency = t_small / steps;
     double t_bw = t_large - steps * l.latency;
@@ -211,7 +214,6 @@ static loom_status measure_comm(int n, int quick, loom_device_comm_result *out) 
             return loom__error(jobs[r].status, "local %d-rank collectives, rank %d: %s", n, r,
                                jobs[r].error);
     const double *s = jobs[0].seconds;
-    double steps = n - 1, frac = (double)(n - 1) / n;
     *out = (loom_device_comm_result){
         .ranks = n,
         .small_bytes = small * sizeof(float),
@@ -222,8 +224,8 @@ static loom_status measure_comm(int n, int quick, loom_device_comm_result *out) 
         .all_gather_large_s = s[T_AG_LARGE],
     };
     double bytes = (double)out->large_bytes;
-    out->all_reduce = fit_link(s[T_AR_SMALL], s[T_AR_LARGE], 2 * steps, 2 * frac, bytes);
-    out->all_gather = fit_link(s[T_AG_SMALL], s[T_AG_LARGE], steps, frac, bytes);
+    out->all_reduce = fit_link(s[T_AR_SMALL], s[T_AR_LARGE], LOOM_COLLECTIVE_ALL_REDUCE, n, bytes);
+    out->all_gather = fit_link(s[T_AG_SMALL], s[T_AG_LARGE], LOOM_COLLECTIVE_ALL_GATHER, n, bytes);
     return LOOM_OK;
 }
 
