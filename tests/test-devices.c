@@ -4,6 +4,7 @@
 
 #include "io-testutil.h"
 
+#include "cost/op-cost.h"
 #include "loom/device.h"
 
 #include <errno.h>
@@ -466,6 +467,33 @@ static void test_collective_model(void) {
     CHECK(loom_collective_seconds(&none, LOOM_COLLECTIVE_ALL_REDUCE, 1, 2) > 1e20);
 }
 
+// The roofline op model on hand-worked numbers (A100: f32 matmul 19.5 TFLOP/s x 0.8, bf16 312 x
+// 0.8, 2039 GB/s): a (4, 256, 1024) x (1024, 1024) product is compute-bound, a GELU over the
+// same activations memory-bound.
+static void test_roofline(void) {
+    loom_device_spec a100;
+    CHECK_OK(loom_device_spec_builtin("a100-80gb-sxm", &a100));
+    loom_graph_t g = NULL;
+    CHECK_OK(loom_graph_create(&g));
+    loom_value x = loom_graph_input(g, "x", LOOM_DTYPE_F32, 3, (int64_t[]){4, 256, 1024});
+    loom_value w = loom_graph_param(g, "w", 2, (int64_t[]){1024, 1024});
+    loom_value y = loom_linear(g, x, w, LOOM_NONE);
+    loom_gelu(g, y);
+    CHECK_OK(loom_graph_status(g));
+    double flops = 2.0 * 4 * 256 * 1024 * 1024, act = 4.0 * 256 * 1024 * 4;
+    double t = loom__op_seconds_roofline(&a100, g, &g->nodes[0], false, LOOM_DTYPE_F32);
+    CHECK_MSG(fabs(t - flops / (19.5e12 * 0.8)) < 1e-12, "linear forward f32: %.9g s", t);
+    t = loom__op_seconds_roofline(&a100, g, &g->nodes[0], true, LOOM_DTYPE_F32);
+    CHECK_MSG(fabs(t - 2 * flops / (19.5e12 * 0.8)) < 1e-12, "linear backward f32: %.9g s", t);
+    t = loom__op_seconds_roofline(&a100, g, &g->nodes[0], false, LOOM_DTYPE_BF16);
+    double memory = (2 * act + 1024.0 * 1024 * 4) / 2039e9;  // x, y and w are read or written
+    double compute = flops / (312e12 * 0.8);
+    CHECK_MSG(fabs(t - (compute > memory ? compute : memory)) < 1e-12, "linear bf16: %.9g s", t);
+    t = loom__op_seconds_roofline(&a100, g, &g->nodes[1], false, LOOM_DTYPE_F32);
+    CHECK_MSG(fabs(t - 2 * act / 2039e9) < 1e-12, "gelu forward: %.9g s (memory-bound)", t);
+    loom_graph_destroy(g);
+}
+
 int main(void) {
     if (tu_scratch_make("devices") != 0) {
         fprintf(stderr, "cannot create a scratch directory\n");
@@ -473,6 +501,7 @@ int main(void) {
     }
     test_builtin_gpus();
     test_collective_model();
+    test_roofline();
     test_round_trip();
     test_bad_files();
     test_cache_path();

@@ -47,6 +47,7 @@ enum {
                                            // sum (see split_note)
     LOOM_OPF_MUTATES_STATE = 1u << 3,      // writes into STATE inputs
     LOOM_OPF_COMM = 1u << 4,               // communicates over the node's group (ai[3])
+    LOOM_OPF_MATMUL = 1u << 5,             // matrix products: runs at the matmul rate
 };
 
 typedef struct loom_node loom_node;

@@ -1,0 +1,38 @@
+// The roofline op-cost model: time = max(FLOPs / rate, bytes / memory bandwidth) on local shapes.
+
+#include "cost/op-cost.h"
+
+static double op_flops(const loom_graph *g, const loom_node *n, bool backward) {
+    const loom_op_def *def = loom__op_def(n->op);
+    if (def->flops) return def->flops(g, n, backward);
+    double elems = (double)loom__value_numel(g, n->out[0]);
+    return backward ? 2 * elems : elems;
+}
+
+static double op_bytes(const loom_graph *g, const loom_node *n, bool backward) {
+    const loom_op_def *def = loom__op_def(n->op);
+    double bytes = 0;
+    for (int k = 0; k < n->n_in; k++) {
+        double b = (double)loom__value_bytes(g, n->in[k]);
+        if (!backward) bytes += b;
+        else bytes += (def->bwd_needs_in >> k & 1 ? b : 0) + (def->grad_inputs >> k & 1 ? b : 0);
+    }
+    for (int o = 0; o < n->n_out; o++) {
+        double b = (double)loom__value_bytes(g, n->out[o]);
+        bytes += !backward ? b : b + (def->bwd_needs_out >> o & 1 ? b : 0);
+    }
+    return bytes;
+}
+
+double loom__op_seconds_roofline(const loom_device_spec *spec, const loom_graph *g,
+                                 const loom_node *n, bool backward, loom_dtype dtype) {
+    const loom_op_def *def = loom__op_def(n->op);
+    if (def->flags & LOOM_OPF_COMM) return 0;  // collectives: the collective model
+    double rate = def->flags & LOOM_OPF_MATMUL ? loom_device_spec_matmul_rate(spec, dtype)
+                                               : spec->peak_flops_f32;
+    if (!(rate > 0)) rate = spec->peak_flops_f32 > 0 ? spec->peak_flops_f32 : 1;
+    double compute = op_flops(g, n, backward) / rate;
+    double memory = spec->memory_bandwidth > 0 ? op_bytes(g, n, backward) / spec->memory_bandwidth
+                                               : 0;
+    return compute > memory ? compute : memory;
+}
