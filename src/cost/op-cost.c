@@ -2,13 +2,6 @@
 
 #include "cost/op-cost.h"
 
-static double op_flops(const loom_graph *g, const loom_node *n, bool backward) {
-    const loom_op_def *def = loom__op_def(n->op);
-    if (def->flops) return def->flops(g, n, backward);
-    double elems = (double)loom__value_numel(g, n->out[0]);
-    return backward ? 2 * elems : elems;
-}
-
 static double op_bytes(const loom_graph *g, const loom_node *n, bool backward) {
     const loom_op_def *def = loom__op_def(n->op);
     double bytes = 0;
@@ -31,7 +24,7 @@ double loom__op_seconds_roofline(const loom_device_spec *spec, const loom_graph 
     double rate = def->flags & LOOM_OPF_MATMUL ? loom_device_spec_matmul_rate(spec, dtype)
                                                : spec->peak_flops_f32;
     if (!(rate > 0)) rate = spec->peak_flops_f32 > 0 ? spec->peak_flops_f32 : 1;
-    double compute = op_flops(g, n, backward) / rate;
+    double compute = loom__op_flops(g, n, backward) / rate;
     double memory = spec->memory_bandwidth > 0 ? op_bytes(g, n, backward) / spec->memory_bandwidth
                                                : 0;
     return compute > memory ? compute : memory;

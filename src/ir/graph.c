@@ -321,11 +321,14 @@ const char *loom_node_module(loom_graph_t g, int node) {
 }
 int loom_node_is_backward(loom_graph_t g, int node) { return g->nodes[node].backward; }
 
+double loom__op_flops(const loom_graph *g, const loom_node *fwd, bool backward) {
+    const loom_op_def *def = loom__op_def(fwd->op);
+    if (def->flops) return def->flops(g, fwd, backward);
+    double elems = (double)loom__value_numel(g, fwd->out[0]);
+    return backward ? 2 * elems : elems;
+}
+
 double loom_node_flops(loom_graph_t g, int node) {
     const loom_node *n = &g->nodes[node];
-    const loom_op_def *def = loom__op_def(n->op);
-    if (def->flops) return def->flops(g, n->backward ? &g->nodes[n->fwd] : n, n->backward);
-    const loom_node *f = n->backward ? &g->nodes[n->fwd] : n;
-    double elems = (double)loom__value_numel(g, f->out[0]);
-    return n->backward ? 2 * elems : elems;
+    return loom__op_flops(g, n->backward ? &g->nodes[n->fwd] : n, n->backward);
 }

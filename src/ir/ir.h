@@ -145,6 +145,9 @@ loom_status loom__graph_backward_seeded(loom_graph_t g, loom_value loss, int n_s
 // stage's part of a model the spec was checked against with loom__recompute_matches).
 loom_status loom__graph_recompute(loom_graph_t g, const char *spec, int require_match);
 int loom__recompute_matches(const loom_graph *g, const char *spec);
+// FLOPs of forward node `fwd` (its backward when `backward`): the op table's formula, else one
+// (two for the backward) per output element.
+double loom__op_flops(const loom_graph *g, const loom_node *fwd, bool backward);
 // Bytes of a value.
 size_t loom__value_bytes(const loom_graph *g, loom_value v);
 int64_t loom__value_numel(const loom_graph *g, loom_value v);

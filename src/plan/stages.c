@@ -130,12 +130,7 @@ static loom_status parse_layers(const char *spec, int nstages, int L, int *count
 // Forward FLOPs plus the op table's backward estimate (as loom_node_flops counts a backward
 // node: twice the output elements where the op has no formula).
 static double flop_cost(const loom_graph *g, int32_t i) {
-    const loom_node *n = &g->nodes[i];
-    const loom_op_def *def = loom__op_def(n->op);
-    double fwd = loom_node_flops((loom_graph_t)g, i);  // reads only
-    double bwd = def->flops ? def->flops(g, n, true)
-                            : 2.0 * (double)loom__value_numel(g, n->out[0]);
-    return fwd + bwd;
+    return loom__op_flops(g, &g->nodes[i], false) + loom__op_flops(g, &g->nodes[i], true);
 }
 
 // Fewest stages covering the positions from `pos[0]` = 0 on with each at most `cap` (pos: 0 and
