@@ -2,6 +2,7 @@
 // trip exactly, bad files fail naming the file and the field, the "cpu" spec comes from the
 // cache, and `loom bench devices --quick` writes a spec that loads with sane rates.
 
+#include "cli-testutil.h"
 #include "io-testutil.h"
 
 #include "cost/op-cost.h"
@@ -309,70 +310,6 @@ static void test_cache_path(void) {
 }
 
 // ---- the CLI ----------------------------------------------------------------------------------
-
-typedef struct run_result {
-    int code;  // exit status, or -1 when it did not exit normally
-    char *out, *err;
-} run_result;
-
-static char *slurp(const char *path) {
-    size_t n = 0;
-    uint8_t *data = tu_read_file(path, &n);
-    char *s = malloc(n + 1);
-    if (data && s) memcpy(s, data, n);
-    else n = 0;
-    if (s) s[n] = '\0';
-    free(data);
-    return s;
-}
-
-// Run LOOM_CLI_PATH with the NULL-terminated arguments (the environment is inherited).
-static run_result run_cli(const char *arg0, ...) {
-    const char *argv[32];
-    int argc = 0;
-    argv[argc++] = LOOM_CLI_PATH;
-    va_list ap;
-    va_start(ap, arg0);
-    for (const char *a = arg0; a && argc < 31; a = va_arg(ap, const char *)) argv[argc++] = a;
-    va_end(ap);
-    argv[argc] = NULL;
-    char out_path[512], err_path[512];
-    snprintf(out_path, sizeof out_path, "%s/.stdout", tu_scratch);
-    snprintf(err_path, sizeof err_path, "%s/.stderr", tu_scratch);
-    run_result r = {-1, NULL, NULL};
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fo = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int fe = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fo < 0 || fe < 0) _exit(126);
-        dup2(fo, 1);
-        dup2(fe, 2);
-        execv(LOOM_CLI_PATH, (char *const *)argv);
-        _exit(127);
-    }
-    int status = 0;
-    if (pid > 0) {
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-        }
-        if (WIFEXITED(status)) r.code = WEXITSTATUS(status);
-    }
-    r.out = slurp(out_path);
-    r.err = slurp(err_path);
-    return r;
-}
-
-static void run_free(run_result *r) {
-    free(r->out);
-    free(r->err);
-}
-
-static int has(const char *s, const char *part) { return s && strstr(s, part) != NULL; }
-
-#define CHECK_RUN(r, want_code, what)                                                        \
-    CHECK_MSG((r).code == (want_code), "%s: exit %d, expected %d\nstdout: %s\nstderr: %s",    \
-              what, (r).code, want_code, (r).out, (r).err)
 
 // A measured spec: the sanity ranges hold for any machine loom runs on.
 static void check_measured(const loom_device_spec *s) {
