@@ -423,7 +423,7 @@ static void test_roofline(void) {
     t = loom__op_seconds_roofline(&a100, g, &g->nodes[0], true, LOOM_DTYPE_F32);
     CHECK_MSG(fabs(t - 2 * flops / (19.5e12 * 0.8)) < 1e-12, "linear backward f32: %.9g s", t);
     t = loom__op_seconds_roofline(&a100, g, &g->nodes[0], false, LOOM_DTYPE_BF16);
-    double memory = (2 * act + 1024.0 * 1024 * 4) / 2039e9;  // x, y and w are read or written
+    double memory = (2 * act + 1024.0 * 1024 * 4) / 2 / 2039e9;  // x, y, w read or written, 16-bit
     double compute = flops / (312e12 * 0.8);
     CHECK_MSG(fabs(t - (compute > memory ? compute : memory)) < 1e-12, "linear bf16: %.9g s", t);
     t = loom__op_seconds_roofline(&a100, g, &g->nodes[1], false, LOOM_DTYPE_F32);

@@ -293,8 +293,9 @@ static void test_measured_balance(void) {
     }
 }
 
-// Measured op costs are cached on disk: a second measurement reads the cache (here edited to a
-// sentinel value, which must come back) instead of timing the ops again.
+// Measured op costs are cached on disk: a second measurement reads the cache (here edited to
+// sentinel forward and backward times, whose sum must come back) instead of timing the ops
+// again.
 static void test_cost_cache(const char *dir) {
     char path[600];
     loom_model_t m = make_model("gpt2");
@@ -312,14 +313,18 @@ static void test_cost_cache(const char *dir) {
     CHECK_MSG(json_object_size(ops) > 3, "the cache %s holds %zu ops", path, json_object_size(ops));
     const char *key;
     json_t *value;
-    json_object_foreach(ops, key, value) json_real_set(value, 0.125);
+    json_object_foreach(ops, key, value) {
+        CHECK(json_array_size(value) == 2);  // [forward s, backward s]
+        json_real_set(json_array_get(value, 0), 0.125);
+        json_real_set(json_array_get(value, 1), 0.25);
+    }
     CHECK(json_dump_file(root, path, 0) == 0);
     json_decref(root);
     CHECK_OK(loom__measure_costs(g, 1, again));
     int sentinel = 0, measured = 0;
     for (int i = 0; i < n; i++) {
         measured += first[i] > 0;
-        sentinel += again[i] == 0.125;
+        sentinel += again[i] == 0.375;
     }
     CHECK_MSG(sentinel == measured && measured > 0, "%d of %d costs came from the cache", sentinel,
               measured);

@@ -3,6 +3,7 @@
 #ifndef LOOM_LOOM_H
 #define LOOM_LOOM_H
 
+#include "loom/autodist.h"
 #include "loom/checkpoint.h"
 #include "loom/comm.h"
 #include "loom/constraints.h"

@@ -46,6 +46,8 @@ char *loom__strdup(const char *s);
 
 // Logging to stderr (the library never writes to stdout). LOOM_LOG=debug|info|warn|error.
 enum loom_log_level { LOOM_LOG_DEBUG, LOOM_LOG_INFO, LOOM_LOG_WARN, LOOM_LOG_ERROR };
+// Mute (on = 1) or unmute (0) this thread's debug, info and warning messages; nests.
+void loom__log_mute(int on);
 void loom__log(enum loom_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

@@ -24,9 +24,14 @@ static int log_threshold(void) {
     return threshold;
 }
 
+// Muted sections of this thread (nested): warnings of planning what is only estimated.
+static _Thread_local int muted;
+
+void loom__log_mute(int on) { muted += on ? 1 : -1; }
+
 void loom__log(enum loom_log_level level, const char *fmt, ...) {
     static const char *names[] = {"debug", "info", "warn", "error"};
-    if ((int)level < log_threshold()) return;
+    if ((int)level < log_threshold() || (muted > 0 && level < LOOM_LOG_ERROR)) return;
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "loom %s: ", names[level]);

@@ -2,16 +2,22 @@
 
 #include "cost/op-cost.h"
 
-static double op_bytes(const loom_graph *g, const loom_node *n, bool backward) {
+// Bytes of value v with its fp32 elements stored as `dtype` (16-bit under mixed precision).
+static double value_bytes(const loom_graph *g, loom_value v, loom_dtype dtype) {
+    double b = (double)loom__value_bytes(g, v);
+    return g->values[v].dtype == LOOM_DTYPE_F32 ? b * (double)loom_dtype_size(dtype) / 4 : b;
+}
+
+static double op_bytes(const loom_graph *g, const loom_node *n, bool backward, loom_dtype dtype) {
     const loom_op_def *def = loom__op_def(n->op);
     double bytes = 0;
     for (int k = 0; k < n->n_in; k++) {
-        double b = (double)loom__value_bytes(g, n->in[k]);
+        double b = value_bytes(g, n->in[k], dtype);
         if (!backward) bytes += b;
         else bytes += (def->bwd_needs_in >> k & 1 ? b : 0) + (def->grad_inputs >> k & 1 ? b : 0);
     }
     for (int o = 0; o < n->n_out; o++) {
-        double b = (double)loom__value_bytes(g, n->out[o]);
+        double b = value_bytes(g, n->out[o], dtype);
         bytes += !backward ? b : b + (def->bwd_needs_out >> o & 1 ? b : 0);
     }
     return bytes;
@@ -25,7 +31,7 @@ double loom__op_seconds_roofline(const loom_device_spec *spec, const loom_graph 
                                                : spec->peak_flops_f32;
     if (!(rate > 0)) rate = spec->peak_flops_f32 > 0 ? spec->peak_flops_f32 : 1;
     double compute = loom__op_flops(g, n, backward) / rate;
-    double memory = spec->memory_bandwidth > 0 ? op_bytes(g, n, backward) / spec->memory_bandwidth
+    double memory = spec->memory_bandwidth > 0 ? op_bytes(g, n, backward, dtype) / spec->memory_bandwidth
                                                : 0;
     return compute > memory ? compute : memory;
 }

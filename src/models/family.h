@@ -43,6 +43,9 @@ typedef struct loom_family_i {
     const char *(*param_to_file)(const char *name, char *buf, size_t cap);
     // Megatron tensor-parallel layout, terminated by a NULL module.
     const loom_tp_rule *tp_rules;
+    // The module name of a layer's attention block ("attn"): what selective recomputation
+    // recomputes.
+    const char *attention_module;
 } loom_family_i;
 
 const loom_family_i *loom__family(loom_family f);
@@ -58,6 +61,12 @@ loom_status loom__json_bool(const json_t *root, const char *path, const char *ke
                             int *out);
 // String field or NULL when absent / null.
 const char *loom__json_str(const json_t *root, const char *key);
+
+// The forward graph of one micro-batch of `rows` sequences with the training loss
+// (cross-entropy sum of the logits times the input "loss_norm"; "targets" int32), no backward:
+// what the parallel trainer and the cost model split.
+loom_status loom__model_build_loss_graph(const loom_model_config *cfg, loom_graph_t g, int rows,
+                                         int seq, loom_value *loss);
 
 // The flat parameter storage of a model and its size in floats (for binding programs).
 float *loom__model_storage(loom_model_t m, size_t *n_floats);

@@ -231,4 +231,5 @@ const loom_family_i loom__family_gpt2 = {
     .file_to_param = gpt2_file_to_param,
     .param_to_file = gpt2_param_to_file,
     .tp_rules = gpt2_tp_rules,
+    .attention_module = "attn",
 };

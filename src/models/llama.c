@@ -252,4 +252,5 @@ const loom_family_i loom__family_llama = {
     .file_to_param = llama_file_to_param,
     .param_to_file = llama_param_to_file,
     .tp_rules = llama_tp_rules,
+    .attention_module = "self_attn",
 };

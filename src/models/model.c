@@ -429,3 +429,17 @@ float *loom__model_storage(loom_model_t m, size_t *n_floats) {
     *n_floats = m->n_floats;
     return m->data;
 }
+
+loom_status loom__model_build_loss_graph(const loom_model_config *cfg, loom_graph_t g, int rows,
+                                         int seq, loom_value *loss) {
+    *loss = LOOM_NONE;
+    LOOM_CHECK(loom__family(cfg->family)->build(cfg, g, LOOM_GRAPH_FORWARD, rows, seq, 0));
+    int64_t bt[2] = {rows, seq};
+    loom_value logits = LOOM_NONE;
+    for (int v = 0; v < g->n_values; v++)
+        if (g->values[v].is_output) logits = v;
+    loom_value targets = loom_graph_input(g, "targets", LOOM_DTYPE_I32, 2, bt);
+    loom_value norm = loom_graph_input(g, "loss_norm", LOOM_DTYPE_F32, 1, (int64_t[]){1});
+    *loss = loom_mul(g, loom_cross_entropy_sum(g, logits, targets, -100), norm);
+    return loom_graph_status(g);
+}

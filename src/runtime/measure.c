@@ -30,9 +30,10 @@ static int same_signature(const loom_graph *g, const loom_node *a, const loom_no
     return 1;
 }
 
-// The best forward + backward time of node n of g, run alone.
-static loom_status measure_node(const loom_graph *g, const loom_node *n, double *seconds) {
-    *seconds = 0;
+// The best forward and backward times of node n of g, run alone (the run with the best sum).
+static loom_status measure_node(const loom_graph *g, const loom_node *n, double *fwd_s,
+                                double *bwd_s) {
+    *fwd_s = *bwd_s = 0;
     loom_graph_t mg = NULL;
     LOOM_CHECK(loom_graph_create(&mg));
     loom_value in[LOOM_MAX_IO], out[LOOM_MAX_IO];
@@ -87,15 +88,17 @@ static loom_status measure_node(const loom_graph *g, const loom_node *n, double 
         for (int run = 0; run <= MEASURE_RUNS && st == 0; run++) {  // run 0 warms up
             r->n_events = 0;
             st = loom__runner_run(r);
-            double t = 0;
+            double t[2] = {0, 0};
             for (int e = 0; e < r->n_events; e++) {
                 loom_instr_kind kind = prog->instr[r->events[e].instr].kind;
                 if (kind == LOOM_INSTR_FORWARD || kind == LOOM_INSTR_BACKWARD)
-                    t += r->events[e].end - r->events[e].start;
+                    t[kind == LOOM_INSTR_BACKWARD] += r->events[e].end - r->events[e].start;
             }
-            if (run > 0 && (best < 0 || t < best)) best = t;
+            if (run > 0 && (best < 0 || t[0] + t[1] < best)) {
+                best = t[0] + t[1];
+                *fwd_s = t[0], *bwd_s = t[1];
+            }
         }
-        *seconds = best > 0 ? best : 0;
     }
     loom__runner_free(r);
     loom__free_aligned(params);
@@ -123,19 +126,21 @@ static void cache_key(const loom_graph *g, const loom_node *n, int threads, char
                  (double)n->af[3], threads);
 }
 
-// The cache file's measurements (an object: key -> seconds), or an empty object when there is
+// The cache file's measurements (an object: key -> [forward s, backward s]), or an empty object when there is
 // none or it cannot be read (a damaged cache is measured again, not an error).
 static json_t *cache_load(const char *path) {
     json_t *root = path[0] ? json_load_file(path, 0, NULL) : NULL;
     json_t *ops = root ? json_object_get(root, "ops") : NULL;
-    if (!json_is_object(ops)) {
+    json_t *version = root ? json_object_get(root, "version") : NULL;
+    if (!json_is_object(ops) || json_integer_value(version) != 2) {
         json_decref(root);
-        return json_pack("{s:i, s:{}}", "version", 1, "ops");
+        return json_pack("{s:i, s:{}}", "version", 2, "ops");
     }
     return root;
 }
 
-loom_status loom__measure_costs(const loom_graph *g, int threads, double *cost) {
+loom_status loom__measure_op_times(const loom_graph *g, int threads, double *fwd_s,
+                                  double *bwd_s) {
     int saved = omp_get_max_threads();
     if (threads < 1) threads = saved;
     omp_set_num_threads(threads);
@@ -152,22 +157,25 @@ loom_status loom__measure_costs(const loom_graph *g, int threads, double *cost) 
     loom_status st = cache ? LOOM_OK : LOOM_ERR_NOMEM;
     for (int i = 0; i < g->n_nodes && st == 0; i++) {
         const loom_node *n = &g->nodes[i];
-        cost[i] = 0;
+        fwd_s[i] = bwd_s[i] = 0;
         if (n->backward || (loom__op_def(n->op)->flags & LOOM_OPF_COMM)) continue;
         int j = 0;
         while (j < i && (g->nodes[j].backward || !same_signature(g, &g->nodes[j], n))) j++;
         if (j < i) {
-            cost[i] = cost[j];
+            fwd_s[i] = fwd_s[j], bwd_s[i] = bwd_s[j];
             continue;
         }
         cache_key(g, n, threads, key, sizeof key);
         json_t *hit = json_object_get(ops, key);
-        if (json_is_number(hit) && json_number_value(hit) >= 0) {
-            cost[i] = json_number_value(hit);
+        double f = json_number_value(json_array_get(hit, 0));
+        double b = json_number_value(json_array_get(hit, 1));
+        if (json_array_size(hit) == 2 && f >= 0 && b >= 0) {
+            fwd_s[i] = f, bwd_s[i] = b;
             continue;
         }
-        st = measure_node(g, n, &cost[i]);
-        if (st == 0) json_object_set_new(ops, key, json_real(cost[i])), added = 1;
+        st = measure_node(g, n, &fwd_s[i], &bwd_s[i]);
+        if (st == 0)
+            json_object_set_new(ops, key, json_pack("[f, f]", fwd_s[i], bwd_s[i])), added = 1;
     }
     omp_set_num_threads(saved);
     if (st == 0 && added && path[0]) {
@@ -181,5 +189,14 @@ loom_status loom__measure_costs(const loom_graph *g, int threads, double *cost) 
     }
     json_decref(cache);
     if (st < 0) loom__error_prefix("measuring op costs");
+    return st;
+}
+
+loom_status loom__measure_costs(const loom_graph *g, int threads, double *cost) {
+    double *bwd = loom__malloc((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof(double));
+    if (!bwd) return LOOM_ERR_NOMEM;
+    loom_status st = loom__measure_op_times(g, threads, cost, bwd);
+    for (int i = 0; st == 0 && i < g->n_nodes; i++) cost[i] += bwd[i];
+    loom__free(bwd);
     return st;
 }

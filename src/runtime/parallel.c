@@ -519,22 +519,9 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
     // graphs get theirs).
     loom_status st = loom_graph_create(&p->global);
     if (st < 0) goto fail;
-    st = loom__family(loom_model_get_config(model)->family)
-             ->build(loom_model_get_config(model), p->global, LOOM_GRAPH_FORWARD, p->micro_rows,
-                     tc->seq, 0);
+    st = loom__model_build_loss_graph(loom_model_get_config(model), p->global, p->micro_rows,
+                                      tc->seq, &p->loss);
     if (st < 0) goto fail;
-    {
-        int64_t bt[2] = {p->micro_rows, tc->seq};
-        loom_value logits = LOOM_NONE;
-        for (int v = 0; v < p->global->n_values; v++)
-            if (p->global->values[v].is_output) logits = v;
-        loom_value targets = loom_graph_input(p->global, "targets", LOOM_DTYPE_I32, 2, bt);
-        loom_value norm = loom_graph_input(p->global, "loss_norm", LOOM_DTYPE_F32, 1,
-                                           (int64_t[]){1});
-        p->loss = loom_mul(p->global, loom_cross_entropy_sum(p->global, logits, targets, -100), norm);
-        st = loom_graph_status(p->global);
-        if (st < 0) goto fail;
-    }
     if (tc->recompute && *tc->recompute && !loom__recompute_matches(p->global, tc->recompute)) {
         st = loom__error(LOOM_ERR_INVALID, "recompute '%s' names no module of this model (module "
                          "names match path suffixes, e.g. 'attn' or 'h.3'; 'layers' means every "

@@ -41,6 +41,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_graph(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 
 // Progress line on stderr: a bar on a terminal, a plain line every `every` steps otherwise.
 typedef struct cli_progress {

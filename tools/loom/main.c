@@ -13,6 +13,7 @@ static const char *usage =
     "  generate   sample text from a model with a key/value cache\n"
     "  graph      print a model's graph and its per-rank program\n"
     "  merge      join a sharded checkpoint into one Hugging Face directory\n"
+    "  plan       find the fastest parallel plan for a model on N devices (autodist)\n"
     "  bench      measure this machine (bench devices: the \"cpu\" device spec)\n"
     "\n"
     "Run 'loom <command> --help' for a command's options.\n";
@@ -36,6 +37,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "graph")) return cmd_graph(argc - 1, argv + 1);
     if (!strcmp(cmd, "merge")) return cmd_merge(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "plan")) return cmd_plan(argc - 1, argv + 1);
     fprintf(stderr, "loom: unknown command '%s'\n%s", cmd, usage);
     return CLI_EXIT_USAGE;
 }

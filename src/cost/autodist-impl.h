@@ -1,0 +1,107 @@
+// Internals of the plan search shared by its files: the per-layer stage costs found by lowering
+// small copies of the model, the estimate of one candidate plan, and the search state.
+
+#ifndef LOOM_COST_AUTODIST_IMPL_H
+#define LOOM_COST_AUTODIST_IMPL_H
+
+#include "loom/autodist.h"
+#include "loom/device.h"
+
+// The kinds of stage programs a plan is made of.
+typedef enum ad_kind {
+    AD_SINGLE = 0,  // no pipeline: embeddings, layers, head
+    AD_FIRST,       // embeddings and layers, sends its output
+    AD_MIDDLE,      // receives, layers, sends
+    AD_LAST,        // receives, layers, head and loss
+    AD_KIND_COUNT
+} ad_kind;
+
+// A quantity of a stage program with k layers: base + k * layer.
+typedef struct ad_linear {
+    double base, layer;
+} ad_linear;
+
+static inline double ad_at(ad_linear x, double k) { return x.base + k * x.layer; }
+
+// One stage program kind under one (tp, micro-batch, recomputation): what it costs per micro-
+// batch and what it holds, from its lowered program (fp32 bytes, as the CPU runtime holds them).
+typedef struct ad_part {
+    ad_linear forward_s, backward_s;  // one micro-batch; backward includes recomputation
+    ad_linear tp_comm_s;              // the tensor-parallel collectives among them
+    ad_linear arena;                  // activation bytes with one micro-batch in flight
+    ad_linear held;                   // bytes each further micro-batch in flight adds
+    ad_linear params;                 // parameter bytes (4 per element)
+    ad_linear inputs;                 // one micro-batch's input region (tokens, received values)
+    ad_linear staging;                // one micro-batch's token buffers of the parallel runtime
+    double scratch;                   // kernel scratch
+    double send_bytes;                // boundary activations sent per micro-batch
+} ad_part;
+
+// The parts of every kind for one (tp, micro_batch, recompute variant); cached by the search.
+typedef struct ad_parts {
+    int tp, micro_batch, variant;
+    loom_status status;               // < 0: this tp cannot split the model (message below)
+    char error[512];
+    ad_part part[AD_KIND_COUNT];
+} ad_parts;
+
+// Recompute variants the parts are built for: none, selective, full (every layer), or the
+// user's recompute_modules.
+enum { AD_VARIANT_NONE = 0, AD_VARIANT_SELECTIVE, AD_VARIANT_FULL, AD_VARIANT_CUSTOM,
+       AD_VARIANT_COUNT };
+
+typedef struct ad_ctx {
+    loom_model_config model;
+    loom_autodist_config cfg;         // defaults resolved
+    loom_device_spec spec;
+    loom_precision precision;         // FP32 or MIXED
+    loom_dtype dtype;                 // the matmul dtype of the roofline
+    int measured;                     // op times measured on this machine's CPU backend
+    int threads;                      // threads per device when measuring
+    char layer_format[64];            // "h.%d": the module of numbered layer i
+    int64_t n_params;                 // of the model (tied ones once)
+    ad_parts *cache;
+    int n_cache, cap_cache;
+} ad_ctx;
+
+// The parts for (tp, micro_batch, variant): built on first use (graphs of one and two layers,
+// with and without a three-stage pipeline, planned, parallelized and lowered), then cached.
+// NULL only when out of memory; a tp that does not split the model has status < 0.
+const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant);
+
+// The recompute spec of a variant ("" for none).
+const char *loom__ad_variant_spec(const ad_ctx *ctx, int variant);
+
+// A candidate plan with its estimate; owns the arrays the public plan points to.
+typedef struct ad_plan {
+    loom_autodist_plan pub;
+    loom_autodist_stage *stages;
+    loom_autodist_memory *memory;
+    char *pipeline_layers;
+    char *recompute_spec;
+    char rejected[256];
+} ad_plan;
+
+// Estimate the plan whose tp, pp, dp, chunks, micro_batch, num_micro_batches, schedule,
+// recompute and zero are set in p->pub: stage split, times, memory. With full recomputation,
+// each pipeline rank recomputes as few of its layers as fit the memory limit (all of them when
+// none do). Errors: the parts' (this tp cannot split the model), LOOM_ERR_NOMEM.
+loom_status loom__ad_estimate(ad_ctx *ctx, ad_plan *p);
+void loom__ad_plan_free(ad_plan *p);
+// A deep copy (strings and arrays).
+loom_status loom__ad_plan_copy(const ad_plan *src, ad_plan *dst);
+
+struct loom_autodist {
+    ad_ctx ctx;
+    ad_plan best;
+    ad_plan *alternatives;
+    int n_alternatives;
+    double search_s;
+    int64_t evaluated;
+    size_t min_memory;
+};
+
+// The device spec the search ran with.
+const loom_device_spec *loom__autodist_spec(loom_autodist_t a);
+
+#endif // LOOM_COST_AUTODIST_IMPL_H
