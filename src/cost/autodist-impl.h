@@ -80,6 +80,11 @@ typedef struct ad_plan {
     char *pipeline_layers;
     char *recompute_spec;
     char rejected[256];
+    // Set before loom__ad_estimate to estimate a given plan (a loaded plan file) rather than
+    // choose: layers per virtual stage, and under full recomputation the layers each pipeline
+    // rank recomputes in each of its stages. NULL: chosen by the estimate. Borrowed.
+    const int *preset_layers;
+    const int *preset_recompute;
 } ad_plan;
 
 // Estimate the plan whose tp, pp, dp, chunks, micro_batch, num_micro_batches, schedule,

@@ -234,7 +234,20 @@ loom_status loom__ad_estimate(ad_ctx *ctx, ad_plan *p) {
     double *bwd = loom__calloc((size_t)q->n_stages, sizeof(double));
     loom_status st = p->stages && p->memory && k && r && in_flight && fwd && bwd ? LOOM_OK
                                                                                  : LOOM_ERR_NOMEM;
-    if (st == 0) st = split_layers(ctx, full ? full : plain, q->n_stages, k);
+    if (st == 0 && p->preset_layers) {
+        int sum = 0;
+        for (int s = 0; s < q->n_stages; s++) {
+            k[s] = p->preset_layers[s];
+            sum += k[s];
+            if (k[s] < 1) st = loom__error(LOOM_ERR_INVALID, "pipeline stage %d has %d layers "
+                                           "(each needs at least one)", s, k[s]);
+        }
+        if (st == 0 && sum != ctx->model.n_layer)
+            st = loom__error(LOOM_ERR_INVALID, "the stages hold %d layers but the model has %d",
+                             sum, ctx->model.n_layer);
+    } else if (st == 0) {
+        st = split_layers(ctx, full ? full : plain, q->n_stages, k);
+    }
     for (int s = 0, first = 0; st == 0 && s < q->n_stages; first += k[s], s++)
         p->stages[s] = (loom_autodist_stage){.pipe_rank = s % q->pp, .chunk = s / q->pp,
                                              .first_layer = first, .n_layers = k[s],
@@ -253,7 +266,9 @@ loom_status loom__ad_estimate(ad_ctx *ctx, ad_plan *p) {
         loom__free(a);
         p->memory[rank].in_flight = in_flight[rank];
     }
-    if (st == 0 && full) choose_recompute(ctx, p, plain, full, r);
+    if (st == 0 && full && p->preset_recompute)
+        for (int rank = 0; rank < q->pp; rank++) r[rank] = p->preset_recompute[rank];
+    else if (st == 0 && full) choose_recompute(ctx, p, plain, full, r);
     else if (st == 0 && variant != AD_VARIANT_NONE)
         for (int rank = 0; rank < q->pp; rank++) r[rank] = 0;  // the variant's parts cover it
     size_t peak = 0;
@@ -371,5 +386,6 @@ loom_status loom__ad_plan_copy(const ad_plan *src, ad_plan *dst) {
     dst->pub.pipeline_layers = dst->pipeline_layers;
     dst->pub.recompute_spec = dst->recompute_spec;
     dst->pub.rejected = dst->rejected;
+    dst->preset_layers = dst->preset_recompute = NULL;  // borrowed by the original only
     return LOOM_OK;
 }
