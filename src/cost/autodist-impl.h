@@ -64,6 +64,11 @@ typedef struct ad_ctx {
     int n_cache, cap_cache;
 } ad_ctx;
 
+// Check `cfg` and fill ctx with it, defaults resolved (device spec, memory limit, precision,
+// how op times are found, threads) and the model's facts. Errors name the setting and the fix.
+loom_status loom__ad_resolve(ad_ctx *ctx, const loom_model_config *model,
+                             const loom_autodist_config *cfg);
+
 // The parts for (tp, micro_batch, variant): built on first use (graphs of one and two layers,
 // with and without a three-stage pipeline, planned, parallelized and lowered), then cached.
 // NULL only when out of memory; a tp that does not split the model has status < 0.

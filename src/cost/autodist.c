@@ -102,8 +102,8 @@ static loom_status model_facts(ad_ctx *ctx) {
 
 static int is_fixed(int v) { return v > 0; }
 
-static loom_status resolve(ad_ctx *ctx, const loom_model_config *model,
-                           const loom_autodist_config *cfg) {
+loom_status loom__ad_resolve(ad_ctx *ctx, const loom_model_config *model,
+                             const loom_autodist_config *cfg) {
     memset(ctx, 0, sizeof *ctx);
     ctx->model = *model;
     ctx->cfg = *cfg;
@@ -328,7 +328,7 @@ loom_status loom_autodist_search(const loom_model_config *model, const loom_auto
     struct loom_autodist *a = loom__calloc(1, sizeof *a);
     if (!a) return LOOM_ERR_NOMEM;
     search s = {.a = a};
-    loom_status st = resolve(&a->ctx, model, cfg);
+    loom_status st = loom__ad_resolve(&a->ctx, model, cfg);
     if (st == 0) st = enumerate(&s);
     if (st == 0) st = choose(&s);  // LOOM_ERR_NOMEM: nothing fits, best is the smallest
     for (int i = 0; i < s.n; i++) loom__ad_plan_free(&s.plans[i]);
