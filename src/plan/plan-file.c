@@ -27,6 +27,30 @@ void loom__plan_file_free(loom_plan_file *f) {
     loom__free(f);
 }
 
+int loom__plan_split_parse(const json_t *split, int *input, int *dim) {
+    const char *word = json_string_value(split);
+    if (word && !strcmp(word, "replicate")) return 0;
+    if (word && !strcmp(word, "follow")) return -1;
+    if (!json_is_array(split) || json_array_size(split) != 2 ||
+        !json_is_integer(json_array_get(split, 0)) || !json_is_integer(json_array_get(split, 1)))
+        return LOOM_PLAN_SPLIT_BAD;
+    *input = (int)json_integer_value(json_array_get(split, 0));
+    *dim = (int)json_integer_value(json_array_get(split, 1));
+    return 1;
+}
+
+json_t *loom__plan_split_json(int verdict, int input, int dim) {
+    if (verdict > 0) return json_pack("[i, i]", input, dim);
+    return json_string(verdict == 0 ? "replicate" : "follow");
+}
+
+int loom__strategy_verdict(const loom_graph *g, const loom_node *n, const loom_strategy *s,
+                           int parts, int *input, int *dim) {
+    *input = *dim = 0;
+    if (s->id == LOOM_SPLIT_FOLLOW) return -1;
+    return loom__strategy_split_dim(g, n, s, parts, input, dim);
+}
+
 static loom_status entry_error(const char *path, size_t i, const char *what) {
     return loom__error(LOOM_ERR_FORMAT, "%s: ops[%zu]: %s", path, i, what);
 }
@@ -64,17 +88,8 @@ loom_status loom__plan_file_load(const char *path, const loom_graph *g, loom_pla
             st = entry_error(path, i, "needs string fields \"module\" and \"op\"");
             goto fail;
         }
-        if (json_is_string(split) && !strcmp(json_string_value(split), "replicate")) {
-            pe->verdict = 0;
-        } else if (json_is_string(split) && !strcmp(json_string_value(split), "follow")) {
-            pe->verdict = -1;
-        } else if (json_is_array(split) && json_array_size(split) == 2 &&
-                   json_is_integer(json_array_get(split, 0)) &&
-                   json_is_integer(json_array_get(split, 1))) {
-            pe->verdict = 1;
-            pe->input = (int)json_integer_value(json_array_get(split, 0));
-            pe->dim = (int)json_integer_value(json_array_get(split, 1));
-        } else {
+        pe->verdict = loom__plan_split_parse(split, &pe->input, &pe->dim);
+        if (pe->verdict == LOOM_PLAN_SPLIT_BAD) {
             st = entry_error(path, i, "\"split\" must be [input, dim], \"replicate\" or \"follow\"");
             goto fail;
         }

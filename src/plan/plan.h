@@ -103,6 +103,17 @@ int loom__plan_file_lookup(loom_plan_file *f, const loom_graph *g, int node, int
 // An entry that matched no op means the file was made for another model: an error naming it.
 loom_status loom__plan_file_unused(const loom_plan_file *f, const char *path);
 void loom__plan_file_free(loom_plan_file *f);
+// One op's "split" in a plan file: 1 for [input, dim], 0 "replicate", -1 "follow" (the verdicts
+// of loom__plan_file_lookup), LOOM_PLAN_SPLIT_BAD for anything else.
+enum { LOOM_PLAN_SPLIT_BAD = -2 };
+struct json_t;
+int loom__plan_split_parse(const struct json_t *split, int *input, int *dim);
+// The "split" value of a verdict (a new reference; NULL when out of memory).
+struct json_t *loom__plan_split_json(int verdict, int input, int dim);
+// The verdict of node n's strategy s over `parts` ranks: -1 follow, 1 a split of input `input`
+// along `dim`, 0 replicate (a strategy that splits no input keeps its inputs whole).
+int loom__strategy_verdict(const loom_graph *g, const loom_node *n, const loom_strategy *s,
+                           int parts, int *input, int *dim);
 
 // Where each global leaf (parameter, input) lives in a rank's local graph.
 typedef struct loom_local_leaf {
