@@ -171,6 +171,35 @@ void loom_autodist_print_megatron(loom_autodist_t a, FILE *f);
 void loom_autodist_apply(const loom_autodist_plan *plan, const loom_autodist_config *cfg,
                          loom_compute_config *cc, loom_train_config *tc);
 
+// ---- plan files --------------------------------------------------------------------------------
+
+// Write the best plan as JSON (docs/autodist.md, "Plan files"), atomically: its settings (tp, pp,
+// dp, chunks, micro_batch, num_micro_batches, schedule, recompute, zero, precision,
+// pipeline_layers per virtual stage, recompute_modules, recompute_layers per pipeline rank), the
+// job (devices, global_batch, seq, the device spec's name), the model's identity (model_type,
+// n_layer, n_embd, n_head, n_kv_head, head_dim, vocab_size, n_inner), every forward op of the
+// planned model in graph order keyed by module path and op signature with its split ([input,
+// dim], "replicate" or "follow", as the file policy's plan files) and pipeline stage, and the
+// predicted step time and memory (for people: loading ignores them). Errors: LOOM_ERR_IO naming
+// the path.
+loom_status loom_autodist_save(loom_autodist_t a, const char *path);
+
+// Read a plan file for `model` and estimate it afresh under `cfg` (times and memory are
+// recomputed; nothing the file predicted is trusted). The settings come from the file; cfg gives
+// the device spec, memory limit, constraints and how op times are found, and its devices,
+// global_batch and seq must equal the file's (else LOOM_ERR_INVALID naming both values). A plan
+// that does not fit the model is LOOM_ERR_INVALID naming the file and the first mismatch: a
+// model field ("n_layer: file 12, model 24") or an op ("op 17: the file has loom.linear in
+// 'h.3.mlp.c_fc' but the model has loom.gelu in 'h.3.mlp.act'"; its split or stage), with the
+// fix. Malformed JSON and missing or wrongly typed fields: LOOM_ERR_FORMAT naming the file and
+// the field. The result works with every accessor and output function: its best plan is the
+// loaded one, with no alternatives, loom_autodist_plans_evaluated 0 (no search) and
+// loom_autodist_search_seconds the time reading and estimating took. When the plan needs more
+// memory than cfg allows:
+// LOOM_ERR_NOMEM saying how much, with *out still set (as loom_autodist_search).
+loom_status loom_autodist_load(const char *path, const loom_model_config *model,
+                               const loom_autodist_config *cfg, loom_autodist_t *out);
+
 #ifdef __cplusplus
 }
 #endif

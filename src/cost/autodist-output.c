@@ -66,8 +66,11 @@ void loom_autodist_print(loom_autodist_t a, FILE *f, int explain) {
             p->optimizer_s);
     fprintf(f, "%.4g tokens/s, MFU %.1f%%, peak memory %.2f GB per device\n", p->tokens_per_s,
             100 * p->mfu, gb(p->peak_memory_bytes));
-    fprintf(f, "searched %lld plans in %.3f s\n", (long long)loom_autodist_plans_evaluated(a),
-            loom_autodist_search_seconds(a));
+    if (loom_autodist_plans_evaluated(a) == 0)  // loom_autodist_load
+        fprintf(f, "loaded the plan and estimated it in %.3f s\n", loom_autodist_search_seconds(a));
+    else
+        fprintf(f, "searched %lld plans in %.3f s\n", (long long)loom_autodist_plans_evaluated(a),
+                loom_autodist_search_seconds(a));
     if (!explain) return;
     fprintf(f, "alternatives (fastest first):\n");
     for (int i = 0; i < loom_autodist_n_alternatives(a); i++) {
