@@ -10,7 +10,8 @@ static const char *plan_usage =
     "loom plan --model-config config.json --devices N [--device-spec NAME|FILE] [--mem GB]\n"
     "          [--global-batch B] [--seq T] [--tp K] [--pp K] [--dp K] [--micro-batch b]\n"
     "          [--recompute none|selective|full] [--zero on|off] [--schedule S]\n"
-    "          [--constraints FILE] [--json] [--explain] [--format megatron]";
+    "          [--constraints FILE] [--json] [--explain] [--format megatron]\n"
+    "          [--save-plan FILE | --load-plan FILE]";
 
 static void print_help(void) {
     printf("usage: %s\n\n"
@@ -38,8 +39,23 @@ static void print_help(void) {
            "  --keep N                 alternatives kept for --explain and --json (default 10)\n"
            "  --json                   print the plan as JSON\n"
            "  --explain                also list the best rejected alternatives and why\n"
-           "  --format megatron        print the equivalent Megatron-LM arguments\n",
+           "  --format megatron        print the equivalent Megatron-LM arguments\n"
+           "  --save-plan FILE         also write the plan to FILE (JSON: settings, job, model,\n"
+           "                           every op's split and stage; docs/autodist.md)\n"
+           "  --load-plan FILE         no search: read the plan from FILE, check it against the\n"
+           "                           model (and --devices, --global-batch, --seq) and\n"
+           "                           estimate it for --device-spec and --mem\n",
            plan_usage);
+}
+
+// Settings the search chooses (a loaded plan file fixes them all).
+static int is_search_setting(const char *flag) {
+    static const char *const names[] = {"tp", "pp", "dp", "micro-batch", "recompute", "zero",
+                                        "schedule", "precision", "max-partition-degree",
+                                        "pipeline-pivots", "recompute-modules"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(flag, names[i])) return 1;
+    return 0;
 }
 
 static int on_off(const cli_ctx *c, const char *flag, const char *arg) {
@@ -64,15 +80,18 @@ int cmd_plan(int argc, char **argv) {
         {"constraints", required_argument, 0, 0}, {"roofline", no_argument, 0, 0},
         {"keep", required_argument, 0, 0}, {"json", no_argument, 0, 0},
         {"explain", no_argument, 0, 0}, {"format", required_argument, 0, 0},
+        {"save-plan", required_argument, 0, 0}, {"load-plan", required_argument, 0, 0},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     loom_autodist_config ac = loom_autodist_config_default();
     const char *config = NULL, *constraints = NULL, *format = NULL, *name, *arg;
+    const char *save_plan = NULL, *load_plan = NULL, *searched = NULL;
     int json = 0, explain = 0, have_devices = 0;
     while ((name = cli_next_option(&c, argc, argv, opts, &arg))) {
         if (!strcmp(name, "help")) {
             print_help();
             return 0;
         }
+        if (is_search_setting(name)) searched = name;
         if (!strcmp(name, "model-config")) config = arg;
         else if (!strcmp(name, "devices")) ac.devices = cli_int(&c, name, arg, 1, 1 << 20), have_devices = 1;
         else if (!strcmp(name, "device-spec")) ac.device_spec = arg;
@@ -94,6 +113,8 @@ int cmd_plan(int argc, char **argv) {
         else if (!strcmp(name, "json")) json = 1;
         else if (!strcmp(name, "explain")) explain = 1;
         else if (!strcmp(name, "format")) format = arg;
+        else if (!strcmp(name, "save-plan")) save_plan = arg;
+        else if (!strcmp(name, "load-plan")) load_plan = arg;
         else if (!strcmp(name, "recompute")) {
             ac.recompute = loom_recompute_mode_from_name(arg);
             if (ac.recompute < 0)
@@ -114,6 +135,12 @@ int cmd_plan(int argc, char **argv) {
     if (format && strcmp(format, "megatron") != 0)
         cli_usage_error(&c, "--format: the one format is 'megatron', got '%s'", format);
     if (format && json) cli_usage_error(&c, "--format megatron and --json exclude each other");
+    if (save_plan && load_plan)
+        cli_usage_error(&c, "--save-plan and --load-plan exclude each other (a loaded plan is "
+                        "already in its file)");
+    if (load_plan && searched)
+        cli_usage_error(&c, "--%s: the plan file fixes the settings; drop --%s, or drop "
+                        "--load-plan to search", searched, searched);
 
     loom_model_config mc;
     if (loom_model_config_load(config, &mc) < 0) return cli_fail("plan", "reading the model config");
@@ -122,12 +149,15 @@ int cmd_plan(int argc, char **argv) {
         return cli_fail("plan", "reading the partition constraints");
     ac.constraints = cons;
     loom_autodist_t ad = NULL;
-    loom_status st = loom_autodist_search(&mc, &ac, &ad);
+    loom_status st = load_plan ? loom_autodist_load(load_plan, &mc, &ac, &ad)
+                               : loom_autodist_search(&mc, &ac, &ad);
     int rc = 0;
     if (st < 0) {
         // Nothing fits: still show the smallest plan (to stderr) before the error.
         if (ad && !json && !format) loom_autodist_print(ad, stderr, explain);
-        rc = cli_fail("plan", "searching");
+        rc = cli_fail("plan", load_plan ? "loading the plan" : "searching");
+    } else if (save_plan && loom_autodist_save(ad, save_plan) < 0) {
+        rc = cli_fail("plan", "saving the plan");
     } else if (json) {
         rc = loom_autodist_write_json(ad, stdout) < 0 ? cli_fail("plan", "writing JSON") : 0;
     } else if (format) {
@@ -135,6 +165,9 @@ int cmd_plan(int argc, char **argv) {
     } else {
         loom_autodist_print(ad, stdout, explain);
     }
+    if (rc == 0 && save_plan)
+        fprintf(stderr, "wrote the plan to %s (loom plan --load-plan %s reads it back)\n",
+                save_plan, save_plan);
     loom_autodist_free(ad);
     loom_constraints_free(cons);
     return rc;
