@@ -34,6 +34,9 @@ typedef enum loom_policy {
     LOOM_POLICY_PP,      // pipeline stages, each on one device (plan_ndevices = pipeline_nstages)
     LOOM_POLICY_HYBRID,  // pipeline stages, each tensor parallel (the family's table) on
                          // plan_ndevices / pipeline_nstages devices; units data parallel
+    LOOM_POLICY_AUTODIST,  // the fastest plan of runtime_ndevices devices that fits
+                           // mem_constraint (loom/autodist.h); plan_ndevices and the pipeline
+                           // settings are chosen, tc->batch x tc->grad_accum is the global batch
     LOOM_POLICY_COUNT
 } loom_policy;
 
@@ -99,6 +102,13 @@ typedef struct loom_compute_config {
     int pipeline_measured;        // balance stages by measured op times (each distinct op
                                   // profiled once on this machine; rank 0's under MPI) instead
                                   // of FLOPs (the default: the same split on every run)
+    // The autodist policy (nnScaler's names); pipeline_pivots and constraints apply too.
+    double mem_constraint;        // bytes a device may use (0: 0.8 x the device spec's memory)
+    const char *device_spec;      // the devices' spec (NULL: "cpu", this machine, measured)
+    int max_partition_degree;     // largest tensor-parallel degree (0: the spec's node)
+    const char *recompute_modules;  // recompute exactly these modules (NULL: searched)
+    const char *save_plan_path;   // write the chosen plan here (JSON, loom_autodist_save)
+    const char *load_plan_path;   // run this plan file instead of searching (re-estimated)
 } loom_compute_config;
 
 loom_compute_config loom_compute_config_default(void);
@@ -166,6 +176,9 @@ int loom_parallel_nranks(loom_parallel_t p);
 // by another process) and the bytes of parameters, gradients, optimizer state and activations
 // of each pipeline rank.
 void loom_parallel_print_allocation(loom_parallel_t p, FILE *f);
+// The search behind a parallel trainer made with the autodist policy (its chosen plan, for
+// loom_autodist_print); NULL for the other policies. Borrowed: freed with the trainer.
+struct loom_autodist *loom_parallel_autodist(loom_parallel_t p);
 
 #ifdef __cplusplus
 }

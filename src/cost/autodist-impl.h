@@ -58,9 +58,11 @@ typedef struct ad_ctx {
     loom_dtype dtype;                 // the matmul dtype of the roofline
     int measured;                     // op times measured on this machine's CPU backend
     int threads;                      // threads per device when measuring
+    int concurrent;                   // devices sharing this machine (measured copies at once)
+    double oversubscribed;            // devices per core when there are more devices (>= 1)
     char layer_format[64];            // "h.%d": the module of numbered layer i
     int64_t n_params;                 // of the model (tied ones once)
-    ad_parts *cache;
+    ad_parts **cache;
     int n_cache, cap_cache;
 } ad_ctx;
 
@@ -73,6 +75,9 @@ loom_status loom__ad_resolve(ad_ctx *ctx, const loom_model_config *model,
 // with and without a three-stage pipeline, planned, parallelized and lowered), then cached.
 // NULL only when out of memory; a tp that does not split the model has status < 0.
 const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant);
+
+// Free the parts cache.
+void loom__ad_parts_free(ad_ctx *ctx);
 
 // The recompute spec of a variant ("" for none).
 const char *loom__ad_variant_spec(const ad_ctx *ctx, int variant);

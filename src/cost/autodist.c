@@ -139,12 +139,16 @@ loom_status loom__ad_resolve(ad_ctx *ctx, const loom_model_config *model,
     if (c->recompute >= LOOM_RECOMPUTE_MODE_COUNT || c->recompute < -1)
         return loom__error(LOOM_ERR_INVALID, "autodist: recompute must be none, selective or "
                            "full (or -1 to search)");
-    if (c->schedule >= 0 && (c->schedule >= LOOM_SCHEDULE_COUNT ||
-                             c->schedule == LOOM_SCHEDULE_INFER_PIPE))
+    if (c->schedule < -1 || c->schedule >= LOOM_SCHEDULE_COUNT ||
+        c->schedule == LOOM_SCHEDULE_INFER_PIPE)
         return loom__error(LOOM_ERR_INVALID, "autodist: schedule must be 1f1b, gpipe or "
                            "1f1b_interleaved (or -1 to search)");
     if (c->zero > 1 || c->zero < -1)
         return loom__error(LOOM_ERR_INVALID, "autodist: zero must be 0, 1 or -1 (search)");
+    if (c->max_partition_degree < 0 || c->keep < 0 || c->threads < 0)
+        return loom__error(LOOM_ERR_INVALID, "autodist: max_partition_degree (%d), keep (%d) and "
+                           "threads (%d) must be >= 0 (0: the default)", c->max_partition_degree,
+                           c->keep, c->threads);
     if ((unsigned)c->precision >= LOOM_PRECISION_COUNT)
         return loom__error(LOOM_ERR_INVALID, "autodist: unknown precision %d", (int)c->precision);
     loom_status st = c->device_spec && strcmp(c->device_spec, "cpu") != 0
@@ -166,6 +170,11 @@ loom_status loom__ad_resolve(ad_ctx *ctx, const loom_model_config *model,
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     ctx->threads = c->threads > 0 ? c->threads : (int)(cores / c->devices);
     if (ctx->threads < 1) ctx->threads = 1;
+    // The devices of a CPU job are this machine's cores: their ops run side by side.
+    ctx->concurrent = ctx->spec.kind == LOOM_DEVICE_CPU && c->devices > 1 ? c->devices : 1;
+    if (ctx->concurrent > cores) ctx->concurrent = (int)cores;
+    ctx->oversubscribed = ctx->spec.kind == LOOM_DEVICE_CPU && c->devices > cores
+                              ? (double)c->devices / (double)cores : 1.0;
     if (c->max_partition_degree <= 0)
         c->max_partition_degree = ctx->spec.devices_per_node > 0 ? ctx->spec.devices_per_node : 1;
     if (c->keep <= 0) c->keep = 10;
@@ -231,7 +240,9 @@ static loom_status enumerate(search *s) {
                 int m = B / dp / b;
                 for (int sched = 0; sched < LOOM_SCHEDULE_INFER_PIPE; sched++) {
                     int chunks = sched == LOOM_SCHEDULE_1F1B_INTERLEAVED ? 2 : 1;
-                    if (pp == 1 && sched != LOOM_SCHEDULE_1F1B) continue;
+                    if (pp == 1 && (sched != LOOM_SCHEDULE_1F1B ||
+                                    (c->schedule >= 0 && c->schedule != LOOM_SCHEDULE_1F1B)))
+                        continue;  // a schedule the user fixed needs a pipeline
                     if (c->schedule >= 0 ? sched != c->schedule && pp > 1
                                          : sched == LOOM_SCHEDULE_GPIPE)
                         continue;
@@ -241,7 +252,7 @@ static loom_status enumerate(search *s) {
                             : c->recompute >= 0 ? rc != c->recompute : 0)
                             continue;
                         for (int zero = 0; zero <= (dp > 1); zero++) {
-                            if (c->zero >= 0 && zero != c->zero && dp > 1) continue;
+                            if (c->zero >= 0 && zero != c->zero) continue;  // ZeRO needs dp > 1
                             loom_autodist_plan shape = {
                                 .tp = tp, .pp = pp, .dp = dp, .chunks = chunks,
                                 .micro_batch = b, .num_micro_batches = m,
@@ -290,8 +301,11 @@ static loom_status choose(search *s) {
         return s->first_error < 0 ? loom__error(s->first_error, "autodist: no plan splits the "
                                                 "model: %s", s->error)
                                   : loom__error(LOOM_ERR_INVALID, "autodist: no plan matches the "
-                                                "fixed settings (the global batch %d must divide "
-                                                "by dp x micro_batch)", ctx->cfg.global_batch);
+                                                "fixed settings: the global batch (%d) must "
+                                                "divide by dp x micro_batch, ZeRO needs dp > 1, "
+                                                "a schedule other than 1f1b needs pp > 1 "
+                                                "(1f1b_interleaved: micro-batches a multiple of "
+                                                "pp, 2 x pp layers)", ctx->cfg.global_batch);
     qsort(s->plans, (size_t)s->n, sizeof *s->plans, by_time);
     int best = -1, smallest = 0;
     for (int i = 0; i < s->n; i++) {
@@ -306,7 +320,8 @@ static loom_status choose(search *s) {
     a->alternatives = loom__calloc((size_t)ctx->cfg.keep, sizeof *a->alternatives);
     if (!a->alternatives) return LOOM_ERR_NOMEM;
     for (int i = 0; i < s->n && a->n_alternatives < ctx->cfg.keep; i++) {
-        if (i == pick) continue;
+        // Fitting plans, and the faster ones that need too much memory.
+        if (i == pick || (!s->plans[i].pub.fits && i > pick)) continue;
         ad_plan *alt = &a->alternatives[a->n_alternatives];
         LOOM_CHECK(loom__ad_plan_copy(&s->plans[i], alt));
         a->n_alternatives++;
@@ -344,7 +359,7 @@ void loom_autodist_free(loom_autodist_t a) {
     loom__ad_plan_free(&a->best);
     for (int i = 0; i < a->n_alternatives; i++) loom__ad_plan_free(&a->alternatives[i]);
     loom__free(a->alternatives);
-    loom__free(a->ctx.cache);
+    loom__ad_parts_free(&a->ctx);
     loom__free(a);
 }
 

@@ -61,8 +61,17 @@ static int may_start(const ad_ctx *ctx, int i) {
     return 0;
 }
 
+// Stage starts allowed at layers [i, L): allowed[i] (allowed[L] = 0).
+static void count_starts(const ad_ctx *ctx, int *allowed) {
+    int L = ctx->model.n_layer;
+    allowed[L] = 0;
+    for (int i = L - 1; i >= 1; i--) allowed[i] = allowed[i + 1] + may_start(ctx, i);
+}
+
 // Greedy cut with every stage's cost at most `limit`: layers per stage in k. 0 when impossible.
-static int cut(const ad_ctx *ctx, const ad_parts *parts, int n_stages, double limit, int *k) {
+// A stage ends only where enough allowed starts remain for the stages after it.
+static int cut(const ad_ctx *ctx, const ad_parts *parts, int n_stages, double limit,
+               const int *allowed, int *k) {
     int L = ctx->model.n_layer, start = 0;
     for (int s = 0; s < n_stages; s++) {
         int left = n_stages - s - 1;  // stages after this one, one layer each at least
@@ -73,7 +82,7 @@ static int cut(const ad_ctx *ctx, const ad_parts *parts, int n_stages, double li
         int best = 0;
         for (int n = 1; start + n <= L - left; n++) {
             if (stage_cost(parts, s, n_stages, n) > limit) break;
-            if (may_start(ctx, start + n)) best = n;
+            if (may_start(ctx, start + n) && allowed[start + n] >= left) best = n;
         }
         if (!best) return 0;
         k[s] = best;
@@ -89,18 +98,25 @@ static loom_status split_layers(const ad_ctx *ctx, const ad_parts *parts, int n_
         k[0] = L;
         return LOOM_OK;
     }
+    int *allowed = loom__malloc((size_t)(L + 1) * sizeof(int));
+    if (!allowed) return LOOM_ERR_NOMEM;
+    count_starts(ctx, allowed);
     double hi = stage_cost(parts, 0, 1, L) + stage_cost(parts, 0, n_stages, L) +
                 stage_cost(parts, n_stages - 1, n_stages, L), lo = 0;
-    if (!cut(ctx, parts, n_stages, hi, k))
-        return loom__error(LOOM_ERR_INVALID, "%d layers do not cut into %d pipeline stages%s",
-                           L, n_stages, ctx->cfg.pipeline_pivots ? " at pipeline_pivots" : "");
-    for (int it = 0; it < 60 && hi - lo > 1e-9 * hi; it++) {
-        double mid = 0.5 * (lo + hi);
-        if (cut(ctx, parts, n_stages, mid, k)) hi = mid;
-        else lo = mid;
+    loom_status st = LOOM_OK;
+    if (!cut(ctx, parts, n_stages, hi, allowed, k)) {
+        st = loom__error(LOOM_ERR_INVALID, "%d layers do not cut into %d pipeline stages%s", L,
+                         n_stages, ctx->cfg.pipeline_pivots ? " at pipeline_pivots" : "");
+    } else {
+        for (int it = 0; it < 60 && hi - lo > 1e-9 * hi; it++) {
+            double mid = 0.5 * (lo + hi);
+            if (cut(ctx, parts, n_stages, mid, allowed, k)) hi = mid;
+            else lo = mid;
+        }
+        cut(ctx, parts, n_stages, hi, allowed, k);
     }
-    cut(ctx, parts, n_stages, hi, k);
-    return LOOM_OK;
+    loom__free(allowed);
+    return st;
 }
 
 // What pipeline rank `rank` holds with r layers of each of its stages recomputed.

@@ -68,7 +68,7 @@ static loom_status graph_seconds(ad_ctx *ctx, const loom_graph *g, int tp, sampl
     if (ctx->measured) {
         fwd = loom__malloc((size_t)(g->n_nodes + 1) * sizeof(double));
         bwd = loom__malloc((size_t)(g->n_nodes + 1) * sizeof(double));
-        loom_status st = fwd && bwd ? loom__measure_op_times(g, ctx->threads, fwd, bwd)
+        loom_status st = fwd && bwd ? loom__measure_op_times(g, ctx->threads, ctx->concurrent, fwd, bwd)
                                     : LOOM_ERR_NOMEM;
         if (st < 0) return loom__free(fwd), loom__free(bwd), st;
     }
@@ -81,7 +81,8 @@ static loom_status graph_seconds(ad_ctx *ctx, const loom_graph *g, int tp, sampl
             t = comm_seconds(ctx, g, f, n->backward, tp);
             s->tp_comm_s += t;
         } else if (ctx->measured) {
-            t = n->backward ? bwd[n->fwd] : fwd[i];
+            // More devices than cores: each gets a share of one.
+            t = (n->backward ? bwd[n->fwd] : fwd[i]) * ctx->oversubscribed;
         } else {
             t = loom__op_seconds_roofline(&ctx->spec, g, f, n->backward, ctx->dtype);
         }
@@ -221,17 +222,19 @@ static loom_status build_parts(ad_ctx *ctx, ad_parts *e) {
 
 const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant) {
     for (int i = 0; i < ctx->n_cache; i++) {
-        const ad_parts *e = &ctx->cache[i];
+        const ad_parts *e = ctx->cache[i];
         if (e->tp == tp && e->micro_batch == micro_batch && e->variant == variant) return e;
     }
     if (ctx->n_cache == ctx->cap_cache) {
         int cap = ctx->cap_cache ? 2 * ctx->cap_cache : 32;
-        ad_parts *c = loom__realloc(ctx->cache, (size_t)cap * sizeof *c);
+        ad_parts **c = loom__realloc(ctx->cache, (size_t)cap * sizeof *c);
         if (!c) return NULL;
         ctx->cache = c, ctx->cap_cache = cap;
     }
-    ad_parts *e = &ctx->cache[ctx->n_cache++];
-    memset(e, 0, sizeof *e);
+    // Entries are allocated one by one: pointers handed out stay valid as the cache grows.
+    ad_parts *e = loom__calloc(1, sizeof *e);
+    if (!e) return NULL;
+    ctx->cache[ctx->n_cache++] = e;
     e->tp = tp, e->micro_batch = micro_batch, e->variant = variant;
     loom__log_mute(1);  // a plan's warnings ("stays replicated") are for runs, not estimates
     e->status = build_parts(ctx, e);
@@ -241,4 +244,11 @@ const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant
         loom_clear_error();
     }
     return e;
+}
+
+void loom__ad_parts_free(ad_ctx *ctx) {
+    for (int i = 0; i < ctx->n_cache; i++) loom__free(ctx->cache[i]);
+    loom__free(ctx->cache);
+    ctx->cache = NULL;
+    ctx->n_cache = ctx->cap_cache = 0;
 }

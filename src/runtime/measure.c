@@ -1,5 +1,6 @@
-// Measured op costs: each distinct forward node runs alone, as a one-node graph with its
-// backward, on the real backend, and its best time is its cost. Measurements are cached on disk
+// Measured op costs: each distinct forward node runs as a one-node graph with its backward on
+// the real backend (alone, or as several copies at once like ranks sharing the machine), and
+// its best time is its cost. Measurements are cached on disk
 // ($XDG_CACHE_HOME/loom/ops/cpu.json), keyed by op signature, input shapes, dtypes and roles,
 // attributes and threads, so a signature is profiled once per machine.
 
@@ -11,6 +12,7 @@
 
 #include <jansson.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,13 +32,63 @@ static int same_signature(const loom_graph *g, const loom_node *a, const loom_no
     return 1;
 }
 
-// The best forward and backward times of node n of g, run alone (the run with the best sum).
-static loom_status measure_node(const loom_graph *g, const loom_node *n, double *fwd_s,
-                                double *bwd_s) {
-    *fwd_s = *bwd_s = 0;
+// One copy of a one-node program (its runner owns it) and what its latest run took.
+typedef struct op_copy {
+    loom_runner *r;
+    float *params;
+    loom_comm_t solo;            // a one-rank communicator (vocabulary-parallel ops use one)
+    int threads;
+    double t[2];                 // forward, backward seconds of the latest run
+    loom_status st;
+} op_copy;
+
+static void *run_copy(void *arg) {
+    op_copy *c = arg;
+    omp_set_num_threads(c->threads);
+    c->r->n_events = 0;
+    c->st = loom__runner_run(c->r);
+    c->t[0] = c->t[1] = 0;
+    for (int e = 0; e < c->r->n_events; e++) {
+        loom_instr_kind kind = c->r->prog->instr[c->r->events[e].instr].kind;
+        if (kind == LOOM_INSTR_FORWARD || kind == LOOM_INSTR_BACKWARD)
+            c->t[kind == LOOM_INSTR_BACKWARD] += c->r->events[e].end - c->r->events[e].start;
+    }
+    return NULL;
+}
+
+static loom_status copy_create(const loom_graph *mg, int train, int threads, op_copy *c) {
+    memset(c, 0, sizeof *c);
+    c->threads = threads;
+    loom_program *prog = NULL;
+    loom_lower_options lo = {.train = train, .micro_batches = 1, .seed = 1.0f};
+    LOOM_CHECK(loom__lower(mg, &lo, &prog));
+    size_t bytes = prog->region_bytes[LOOM_REGION_PARAM];
+    c->params = loom__malloc_aligned(bytes ? bytes : 64);
+    if (!c->params) return loom__program_free(prog), LOOM_ERR_NOMEM;
+    memset(c->params, 0, bytes ? bytes : 64);  // ids 0 are valid, zeros time like any data
+    loom_status st = loom__runner_create(prog, loom__backend_cpu(), c->params, &c->r);
+    if (st < 0) return loom__program_free(prog), st;
+    loom_comm_config cc = loom_comm_config_default();
+    LOOM_CHECK(loom_comm_local_create_all(1, &cc, &c->solo));
+    c->r->skip_update = 1;
+    c->r->trace = 1;
+    c->r->kernel.comm = c->solo;
+    return LOOM_OK;
+}
+
+static void copy_free(op_copy *c) {
+    loom__runner_free(c->r);
+    loom__free_aligned(c->params);
+    if (c->solo) loom_comm_destroy(c->solo);
+}
+
+// The one-node graph of node n of g with its backward (when it has one): *train says which.
+static loom_status node_graph(const loom_graph *g, const loom_node *n, loom_graph_t *out,
+                              int *train) {
     loom_graph_t mg = NULL;
     LOOM_CHECK(loom_graph_create(&mg));
-    loom_value in[LOOM_MAX_IO], out[LOOM_MAX_IO];
+    *out = mg;
+    loom_value in[LOOM_MAX_IO], outs[LOOM_MAX_IO];
     const loom_op_def *def = loom__op_def(n->op);
     int wants_grad = 0;
     for (int k = 0; k < n->n_in; k++) {
@@ -56,59 +108,58 @@ static loom_status measure_node(const loom_graph *g, const loom_node *n, double 
             wants_grad = 1;
     }
     loom_status st = loom_graph_status(mg);
-    if (st == 0 && loom__graph_add_node(mg, n->op, n->n_in, in, n->ai, n->af, out) < 0)
+    if (st == 0 && loom__graph_add_node(mg, n->op, n->n_in, in, n->ai, n->af, outs) < 0)
         st = loom_graph_status(mg);
-    int train = st == 0 && wants_grad && !(def->flags & LOOM_OPF_NO_BACKWARD);
-    if (train) {
+    *train = st == 0 && wants_grad && !(def->flags & LOOM_OPF_NO_BACKWARD);
+    if (*train) {
         loom_value seeds[LOOM_MAX_IO];
         int n_seeds = 0;
         for (int o = 0; o < n->n_out; o++)
-            if (mg->values[out[o]].dtype == LOOM_DTYPE_F32) seeds[n_seeds++] = out[o];
+            if (mg->values[outs[o]].dtype == LOOM_DTYPE_F32) seeds[n_seeds++] = outs[o];
         st = loom__graph_backward_seeded(mg, -1, n_seeds, seeds);
     }
-    loom_program *prog = NULL;
-    loom_runner *r = NULL;
-    float *params = NULL;
-    if (st == 0) {
-        loom_lower_options lo = {.train = train, .micro_batches = 1, .seed = 1.0f};
-        st = loom__lower(mg, &lo, &prog);
-    }
-    if (st == 0) {
-        size_t bytes = prog->region_bytes[LOOM_REGION_PARAM];
-        params = loom__malloc_aligned(bytes ? bytes : 64);
-        if (!params) st = LOOM_ERR_NOMEM;
-        else memset(params, 0, bytes ? bytes : 64);  // ids 0 are valid, zeros time like any data
-    }
-    if (st == 0) st = loom__runner_create(prog, loom__backend_cpu(), params, &r);
-    else loom__program_free(prog);
-    if (st == 0) {
-        r->skip_update = 1;
-        r->trace = 1;
-        double best = -1;
-        for (int run = 0; run <= MEASURE_RUNS && st == 0; run++) {  // run 0 warms up
-            r->n_events = 0;
-            st = loom__runner_run(r);
-            double t[2] = {0, 0};
-            for (int e = 0; e < r->n_events; e++) {
-                loom_instr_kind kind = prog->instr[r->events[e].instr].kind;
-                if (kind == LOOM_INSTR_FORWARD || kind == LOOM_INSTR_BACKWARD)
-                    t[kind == LOOM_INSTR_BACKWARD] += r->events[e].end - r->events[e].start;
-            }
-            if (run > 0 && (best < 0 || t[0] + t[1] < best)) {
-                best = t[0] + t[1];
-                *fwd_s = t[0], *bwd_s = t[1];
-            }
+    return st;
+}
+
+// The best forward and backward times of node n of g (the run with the best sum), with
+// `concurrent` copies running at once on their own threads, as the ranks sharing this
+// machine's cores and memory do; the copies' mean.
+static loom_status measure_node(const loom_graph *g, const loom_node *n, int threads,
+                                int concurrent, double *fwd_s, double *bwd_s) {
+    *fwd_s = *bwd_s = 0;
+    loom_graph_t mg = NULL;
+    int train = 0;
+    loom_status st = node_graph(g, n, &mg, &train);
+    op_copy *copies = loom__calloc((size_t)concurrent, sizeof *copies);
+    pthread_t *tids = loom__calloc((size_t)concurrent, sizeof *tids);
+    if (st == 0 && (!copies || !tids)) st = LOOM_ERR_NOMEM;
+    for (int c = 0; st == 0 && c < concurrent; c++) st = copy_create(mg, train, threads, &copies[c]);
+    double best = -1;
+    for (int run = 0; run <= MEASURE_RUNS && st == 0; run++) {  // run 0 warms up
+        int started = 0;
+        for (; started < concurrent; started++)
+            if (pthread_create(&tids[started], NULL, run_copy, &copies[started]) != 0) break;
+        for (int c = 0; c < started; c++) pthread_join(tids[c], NULL);
+        if (started < concurrent) st = loom__error(LOOM_ERR_INTERNAL, "cannot start a thread");
+        double t[2] = {0, 0};
+        for (int c = 0; c < concurrent && st == 0; c++) {
+            st = copies[c].st;
+            t[0] += copies[c].t[0] / concurrent, t[1] += copies[c].t[1] / concurrent;
+        }
+        if (st == 0 && run > 0 && (best < 0 || t[0] + t[1] < best)) {
+            best = t[0] + t[1];
+            *fwd_s = t[0], *bwd_s = t[1];
         }
     }
-    loom__runner_free(r);
-    loom__free_aligned(params);
+    for (int c = 0; copies && c < concurrent; c++) copy_free(&copies[c]);
+    loom__free(copies), loom__free(tids);
     loom_graph_destroy(mg);
     return st;
 }
 
 // The cache key of node n: "loom.linear f32:param:768x768 f32:act:4x64x768 | ai ... | t2".
-static void cache_key(const loom_graph *g, const loom_node *n, int threads, char *buf,
-                      size_t cap) {
+static void cache_key(const loom_graph *g, const loom_node *n, int threads, int concurrent,
+                      char *buf, size_t cap) {
     static const char *roles[] = {"in", "param", "act", "grad", "state"};
     size_t len = (size_t)snprintf(buf, cap, "%s", loom__op_def(n->op)->signature);
     for (int k = 0; k < n->n_in && len < cap; k++) {
@@ -120,10 +171,10 @@ static void cache_key(const loom_graph *g, const loom_node *n, int threads, char
                                     (long long)v->shape[d]);
     }
     if (len < cap)
-        snprintf(buf + len, cap - len, " | %lld %lld %lld %lld %.9g %.9g %.9g %.9g | t%d",
+        snprintf(buf + len, cap - len, " | %lld %lld %lld %lld %.9g %.9g %.9g %.9g | t%d c%d",
                  (long long)n->ai[0], (long long)n->ai[1], (long long)n->ai[2],
                  (long long)n->ai[3], (double)n->af[0], (double)n->af[1], (double)n->af[2],
-                 (double)n->af[3], threads);
+                 (double)n->af[3], threads, concurrent);
 }
 
 // The cache file's measurements (an object: key -> [forward s, backward s]), or an empty object when there is
@@ -139,8 +190,9 @@ static json_t *cache_load(const char *path) {
     return root;
 }
 
-loom_status loom__measure_op_times(const loom_graph *g, int threads, double *fwd_s,
-                                  double *bwd_s) {
+loom_status loom__measure_op_times(const loom_graph *g, int threads, int concurrent,
+                                  double *fwd_s, double *bwd_s) {
+    if (concurrent < 1) concurrent = 1;
     int saved = omp_get_max_threads();
     if (threads < 1) threads = saved;
     omp_set_num_threads(threads);
@@ -165,7 +217,7 @@ loom_status loom__measure_op_times(const loom_graph *g, int threads, double *fwd
             fwd_s[i] = fwd_s[j], bwd_s[i] = bwd_s[j];
             continue;
         }
-        cache_key(g, n, threads, key, sizeof key);
+        cache_key(g, n, threads, concurrent, key, sizeof key);
         json_t *hit = json_object_get(ops, key);
         double f = json_number_value(json_array_get(hit, 0));
         double b = json_number_value(json_array_get(hit, 1));
@@ -173,7 +225,7 @@ loom_status loom__measure_op_times(const loom_graph *g, int threads, double *fwd
             fwd_s[i] = f, bwd_s[i] = b;
             continue;
         }
-        st = measure_node(g, n, &fwd_s[i], &bwd_s[i]);
+        st = measure_node(g, n, threads, concurrent, &fwd_s[i], &bwd_s[i]);
         if (st == 0)
             json_object_set_new(ops, key, json_pack("[f, f]", fwd_s[i], bwd_s[i])), added = 1;
     }
@@ -195,7 +247,7 @@ loom_status loom__measure_op_times(const loom_graph *g, int threads, double *fwd
 loom_status loom__measure_costs(const loom_graph *g, int threads, double *cost) {
     double *bwd = loom__malloc((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof(double));
     if (!bwd) return LOOM_ERR_NOMEM;
-    loom_status st = loom__measure_op_times(g, threads, cost, bwd);
+    loom_status st = loom__measure_op_times(g, threads, 1, cost, bwd);
     for (int i = 0; st == 0 && i < g->n_nodes; i++) cost[i] += bwd[i];
     loom__free(bwd);
     return st;

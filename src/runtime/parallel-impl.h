@@ -3,6 +3,7 @@
 #ifndef LOOM_RUNTIME_PARALLEL_IMPL_H
 #define LOOM_RUNTIME_PARALLEL_IMPL_H
 
+#include "loom/autodist.h"
 #include "loom/parallel.h"
 #include "plan/plan.h"
 #include "runtime/runner.h"
@@ -61,9 +62,15 @@ struct loom_parallel {
     uint64_t *tied_sets;              // the distinct holder sets of more than one rank
     int n_tied_sets;
     const char *io_dir;               // checkpoint directory of the current save or load
+    loom_autodist_t autodist;         // the search that chose the plan (autodist policy)
 };
 
 typedef loom_status (*loom__rank_fn)(rank_state *rs);
+
+// The autodist policy: search (or load) the plan for cc->runtime_ndevices devices, then
+// loom_parallelize it; the trainer keeps the search (loom_parallel_autodist).
+loom_status loom__parallelize_autodist(loom_model_t model, const loom_compute_config *cc,
+                                       const loom_train_config *tc, loom_parallel_t *out);
 
 // The full tensor of a parameter-shaped value from the unit's shards of it (`local` on each
 // rank): collective over the unit; the unit's first rank receives it in `full`.

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 static const char *const policy_names[] = {"dp", "tp", "data", "custom", "file", "pp",
-                                             "hybrid"};
+                                             "hybrid", "autodist"};
 
 const char *loom_policy_name(loom_policy p) {
     return (unsigned)p < LOOM_POLICY_COUNT ? policy_names[p] : "?";
@@ -39,6 +39,7 @@ loom_compute_config loom_compute_config_default(void) {
 }
 
 int loom_parallel_nranks(loom_parallel_t p) { return p->nranks; }
+struct loom_autodist *loom_parallel_autodist(loom_parallel_t p) { return p->autodist; }
 int loom_parallel_rank(loom_parallel_t p) { return p->ranks[0].rank; }
 int64_t loom_parallel_steps_done(loom_parallel_t p) { return p->ranks[0].runner->step; }
 
@@ -461,6 +462,7 @@ static loom_status check_pipeline(const loom_compute_config *cc, const loom_trai
 loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
                              const loom_train_config *tc, loom_parallel_t *out) {
     *out = NULL;
+    if (cc->policy == LOOM_POLICY_AUTODIST) return loom__parallelize_autodist(model, cc, tc, out);
     LOOM_CHECK(loom__train_config_validate(tc));
     if (cc->plan_ndevices < 1 || cc->runtime_ndevices < 1 ||
         cc->runtime_ndevices % cc->plan_ndevices != 0)
@@ -578,6 +580,7 @@ fail:
 
 void loom_parallel_free(loom_parallel_t p) {
     if (!p) return;
+    loom_autodist_free(p->autodist);
     for (int r = 0; p->ranks && r < p->n_held; r++) {
         rank_state *rs = &p->ranks[r];
         loom__runner_free(rs->eval_runner);

@@ -97,9 +97,11 @@ size_t loom__runner_optimizer_floats(const loom_runner *r);
 // one measurement, so identical layers are profiled once.
 loom_status loom__measure_costs(const loom_graph *g, int threads, double *cost);
 // The same with the forward and backward times apart (fwd_s, bwd_s: per node; the clones of
-// recomputed nodes are forward nodes and get their original's times).
-loom_status loom__measure_op_times(const loom_graph *g, int threads, double *fwd_s,
-                                   double *bwd_s);
+// recomputed nodes are forward nodes and get their original's times), each op measured while
+// `concurrent` copies of it run at once (the ranks of a plan sharing this machine's cores and
+// memory bandwidth; 1: alone).
+loom_status loom__measure_op_times(const loom_graph *g, int threads, int concurrent,
+                                   double *fwd_s, double *bwd_s);
 // Run every instruction once: one step (training) or one forward pass.
 loom_status loom__runner_run(loom_runner *r);
 // What the runner holds (loom_memory_stats; parameters counted though the caller owns them).

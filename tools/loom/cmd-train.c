@@ -40,13 +40,19 @@ static void print_help(void) {
            "  --plan-devices P       ranks holding one model copy (default: 1 with --policy dp,\n"
            "                         N otherwise; with --pp S: S for pp and dp); the N / P\n"
            "                         copies run data parallel\n"
-           "  --policy dp|tp|data|pp|hybrid|FILE.json\n"
+           "  --policy dp|tp|data|pp|hybrid|autodist|FILE.json\n"
            "                         inside a copy: replicate (dp), Megatron tensor parallel\n"
            "                         (tp), split every op on the batch (data), pipeline stages\n"
            "                         on one device each (pp) or tensor parallel (hybrid), or\n"
            "                         follow a plan file (see docs/parallel.md); default dp, with\n"
            "                         --pp S: pp, or hybrid when --plan-devices is a larger\n"
-           "                         multiple of S\n"
+           "                         multiple of S; autodist: the fastest plan of the --devices\n"
+           "                         that fits --mem (docs/autodist.md)\n"
+           "  --mem GB               autodist: memory one device may use (default 0.8 x the\n"
+           "                         device's; this machine's RAM per core for the cpu spec)\n"
+           "  --device-spec NAME|FILE  autodist: the devices (default cpu, measured here)\n"
+           "  --save-plan FILE       autodist: write the chosen plan (JSON)\n"
+           "  --load-plan FILE       autodist: run this plan instead of searching\n"
            "  --pp S                 pipeline ranks per copy (default 1: no pipeline)\n"
            "  --micro-batches M      split each --batch into M micro-batches (default 1)\n"
            "  --schedule NAME        pipeline schedule: 1f1b (default), gpipe or 1f1b_interleaved\n"
@@ -192,7 +198,9 @@ int cmd_train(int argc, char **argv) {
         {"pp", required_argument, 0, 0}, {"micro-batches", required_argument, 0, 0},
         {"schedule", required_argument, 0, 0}, {"virtual-stages", required_argument, 0, 0},
         {"pp-layers", required_argument, 0, 0}, {"pp-pivots", required_argument, 0, 0},
-        {"pp-balance", required_argument, 0, 0},
+        {"pp-balance", required_argument, 0, 0}, {"mem", required_argument, 0, 0},
+        {"device-spec", required_argument, 0, 0}, {"save-plan", required_argument, 0, 0},
+        {"load-plan", required_argument, 0, 0},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     loom_compute_config cc = loom_compute_config_default();
     int plan_devices = 0, devices_given = 0;
@@ -249,6 +257,10 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(name, "pp-layers")) cc.pipeline_layers = arg;
         else if (!strcmp(name, "pp-pivots")) cc.pipeline_pivots = arg;
         else if (!strcmp(name, "pp-balance")) pp_balance = arg;
+        else if (!strcmp(name, "mem")) cc.mem_constraint = 1e9 * cli_float(&c, name, arg, 1e-6, 1e9);
+        else if (!strcmp(name, "device-spec")) cc.device_spec = arg;
+        else if (!strcmp(name, "save-plan")) cc.save_plan_path = arg;
+        else if (!strcmp(name, "load-plan")) cc.load_plan_path = arg;
         else if (!strcmp(name, "zero-reduce-scatter")) {
             if (strcmp(arg, "on") && strcmp(arg, "off"))
                 cli_usage_error(&c, "--zero-reduce-scatter: '%s' is not on or off", arg);
@@ -277,18 +289,31 @@ int cmd_train(int argc, char **argv) {
         cc.policy = LOOM_POLICY_FILE;
         cc.plan_file = policy;
     } else if (named == LOOM_POLICY_DP || named == LOOM_POLICY_TP || named == LOOM_POLICY_DATA ||
-               named == LOOM_POLICY_PP || named == LOOM_POLICY_HYBRID) {
+               named == LOOM_POLICY_PP || named == LOOM_POLICY_HYBRID ||
+               named == LOOM_POLICY_AUTODIST) {
         cc.policy = (loom_policy)named;
     } else {
-        cli_usage_error(&c, "--policy: '%s' is not dp, tp, data, pp, hybrid or a plan file (.json)",
-                        policy);
+        cli_usage_error(&c, "--policy: '%s' is not dp, tp, data, pp, hybrid, autodist or a plan "
+                        "file (.json)", policy);
     }
+    int autodist = cc.policy == LOOM_POLICY_AUTODIST;
+    if (!autodist && (cc.mem_constraint > 0 || cc.device_spec || cc.save_plan_path ||
+                      cc.load_plan_path))
+        cli_usage_error(&c, "--mem, --device-spec, --save-plan and --load-plan go with "
+                        "--policy autodist");
+    if (autodist && (S > 1 || plan_devices || cc.pipeline_nmicros > 1 || schedule))
+        cli_usage_error(&c, "--policy autodist chooses the pipeline, the micro-batches and the "
+                        "devices per copy itself: drop --pp, --plan-devices, --micro-batches and "
+                        "--schedule (or fix them with another policy)");
+    if (cc.save_plan_path && cc.load_plan_path)
+        cli_usage_error(&c, "--save-plan and --load-plan exclude each other");
     if (comm && strcmp(comm, "local") && strcmp(comm, "mpi"))
         cli_usage_error(&c, "--comm: '%s' is not local or mpi", comm);
     cc.comm = (comm ? !strcmp(comm, "mpi") : loom_comm_mpi_launched()) ? LOOM_COMM_MPI
                                                                         : LOOM_COMM_LOCAL;
     // A copy's devices: --plan-devices, else the S stages for dp and pp, else all of them.
     cc.plan_ndevices = plan_devices ? plan_devices
+                       : autodist ? cc.runtime_ndevices
                        : cc.policy == LOOM_POLICY_DP || cc.policy == LOOM_POLICY_PP
                            ? S
                            : cc.runtime_ndevices;
@@ -315,7 +340,7 @@ int cmd_train(int argc, char **argv) {
     // Checkpoints go through the parallel trainer (one rank is a plan too), and so do
     // micro-batches.
     int parallel = cc.runtime_ndevices > 1 || cc.comm == LOOM_COMM_MPI || save_sharded || resume ||
-                   cc.pipeline_nmicros > 1;
+                   cc.pipeline_nmicros > 1 || autodist;
 
     loom_constraints_t constraints = NULL;
     if (constraints_path && loom_constraints_load(constraints_path, &constraints) < 0)
@@ -377,6 +402,7 @@ int cmd_train(int argc, char **argv) {
             (double)loom_model_n_params(model) / 1e6);
     fprintf(info, "data: %s, %lld tokens%s\n", data, (long long)loom_tokens_count(tokens),
             loom_tokens_is_text(tokens) ? " (bytes of text)" : "");
+    if (par && loom_parallel_autodist(par)) loom_autodist_print(loom_parallel_autodist(par), info, 0);
     if (par) {
         loom_parallel_print_allocation(par, info);
     } else {
