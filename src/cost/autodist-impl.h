@@ -40,6 +40,7 @@ typedef struct ad_part {
 // The parts of every kind for one (tp, micro_batch, recompute variant); cached by the search.
 typedef struct ad_parts {
     int tp, micro_batch, variant;
+    int built[2];                     // the unpipelined part, the pipelined kinds' parts
     loom_status status;               // < 0: this tp cannot split the model (message below)
     char error[512];
     ad_part part[AD_KIND_COUNT];
@@ -72,9 +73,10 @@ loom_status loom__ad_resolve(ad_ctx *ctx, const loom_model_config *model,
                              const loom_autodist_config *cfg);
 
 // The parts for (tp, micro_batch, variant): built on first use (graphs of one and two layers,
-// with and without a three-stage pipeline, planned, parallelized and lowered), then cached.
-// NULL only when out of memory; a tp that does not split the model has status < 0.
-const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant);
+// alone, or with `piped` cut into a three-stage pipeline for the first, middle and last kinds;
+// planned, parallelized and lowered), then cached. NULL only when out of memory; a tp that does
+// not split the model has status < 0.
+const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant, int piped);
 
 // Free the parts cache.
 void loom__ad_parts_free(ad_ctx *ctx);

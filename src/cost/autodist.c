@@ -192,7 +192,9 @@ typedef struct search {
     char error[512];
 } search;
 
-static loom_status consider(search *s, const loom_autodist_plan *shape) {
+// Estimate one candidate; *fits: it was kept and fits the memory limit.
+static loom_status consider(search *s, const loom_autodist_plan *shape, int *fits) {
+    *fits = 0;
     if (s->n == s->cap) {
         int cap = s->cap ? 2 * s->cap : 256;
         ad_plan *p = loom__realloc(s->plans, (size_t)cap * sizeof *p);
@@ -221,6 +223,7 @@ static loom_status consider(search *s, const loom_autodist_plan *shape) {
         loom__ad_plan_free(p);
         return LOOM_OK;
     }
+    *fits = p->pub.fits;
     s->n++;
     return LOOM_OK;
 }
@@ -247,18 +250,23 @@ static loom_status enumerate(search *s) {
                                          : sched == LOOM_SCHEDULE_GPIPE)
                         continue;
                     if (chunks > 1 && (m % pp || L < chunks * pp)) continue;
-                    for (int rc = 0; rc < LOOM_RECOMPUTE_MODE_COUNT; rc++) {
-                        if (c->recompute_modules && c->recompute_modules[0] ? rc != 0
-                            : c->recompute >= 0 ? rc != c->recompute : 0)
-                            continue;
-                        for (int zero = 0; zero <= (dp > 1); zero++) {
-                            if (c->zero >= 0 && zero != c->zero) continue;  // ZeRO needs dp > 1
+                    for (int zero = 0; zero <= (dp > 1); zero++) {
+                        if (c->zero >= 0 && zero != c->zero) continue;  // ZeRO needs dp > 1
+                        // Recomputation only adds time: when the plan without it fits, no
+                        // recomputing variant can be faster.
+                        for (int rc = 0, fits = 0; rc < LOOM_RECOMPUTE_MODE_COUNT; rc++) {
+                            if (rc > 0 && fits && c->recompute < 0) break;
+                            if (c->recompute_modules && c->recompute_modules[0] ? rc != 0
+                                : c->recompute >= 0 ? rc != c->recompute : 0)
+                                continue;
                             loom_autodist_plan shape = {
                                 .tp = tp, .pp = pp, .dp = dp, .chunks = chunks,
                                 .micro_batch = b, .num_micro_batches = m,
                                 .schedule = (loom_schedule)sched,
                                 .recompute = (loom_recompute_mode)rc, .zero = zero};
-                            LOOM_CHECK(consider(s, &shape));
+                            int fit = 0;
+                            LOOM_CHECK(consider(s, &shape, &fit));
+                            if (rc == 0) fits = fit;
                         }
                     }
                 }

@@ -232,9 +232,10 @@ loom_status loom__ad_estimate(ad_ctx *ctx, ad_plan *p) {
     int variant = ctx->cfg.recompute_modules && ctx->cfg.recompute_modules[0] ? AD_VARIANT_CUSTOM
                   : q->recompute == LOOM_RECOMPUTE_SELECTIVE                 ? AD_VARIANT_SELECTIVE
                                                                              : AD_VARIANT_NONE;
-    const ad_parts *plain = loom__ad_parts(ctx, q->tp, q->micro_batch, variant);
+    int piped = q->pp * q->chunks > 1;
+    const ad_parts *plain = loom__ad_parts(ctx, q->tp, q->micro_batch, variant, piped);
     const ad_parts *full = q->recompute == LOOM_RECOMPUTE_FULL && variant == AD_VARIANT_NONE
-                               ? loom__ad_parts(ctx, q->tp, q->micro_batch, AD_VARIANT_FULL)
+                               ? loom__ad_parts(ctx, q->tp, q->micro_batch, AD_VARIANT_FULL, piped)
                                : NULL;
     if (!plain || (q->recompute == LOOM_RECOMPUTE_FULL && variant == AD_VARIANT_NONE && !full))
         return LOOM_ERR_NOMEM;

@@ -208,21 +208,27 @@ static void fit_part(const sample *one, const sample *two, ad_part *p) {
     p->send_bytes = two->send_bytes;
 }
 
-static loom_status build_parts(ad_ctx *ctx, ad_parts *e) {
+// The parts of the stage kinds of `piped` plans (first, middle, last) or of unpipelined ones.
+static loom_status build_parts(ad_ctx *ctx, ad_parts *e, int piped) {
     const char *recompute = loom__ad_variant_spec(ctx, e->variant);
-    sample single[2], piped[2][3];
-    for (int k = 1; k <= 2; k++) {
-        LOOM_CHECK(sample_model(ctx, k, 1, e->tp, e->micro_batch, recompute, &single[k - 1]));
-        LOOM_CHECK(sample_model(ctx, 3 * k, 3, e->tp, e->micro_batch, recompute, piped[k - 1]));
+    if (!piped) {
+        sample single[2];
+        for (int k = 1; k <= 2; k++)
+            LOOM_CHECK(sample_model(ctx, k, 1, e->tp, e->micro_batch, recompute, &single[k - 1]));
+        fit_part(&single[0], &single[1], &e->part[AD_SINGLE]);
+        return LOOM_OK;
     }
-    fit_part(&single[0], &single[1], &e->part[AD_SINGLE]);
-    for (int r = 0; r < 3; r++) fit_part(&piped[0][r], &piped[1][r], &e->part[AD_FIRST + r]);
+    sample staged[2][3];
+    for (int k = 1; k <= 2; k++)
+        LOOM_CHECK(sample_model(ctx, 3 * k, 3, e->tp, e->micro_batch, recompute, staged[k - 1]));
+    for (int r = 0; r < 3; r++) fit_part(&staged[0][r], &staged[1][r], &e->part[AD_FIRST + r]);
     return LOOM_OK;
 }
 
-const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant) {
+// The cache entry for (tp, micro_batch, variant), created empty when there is none.
+static ad_parts *entry(ad_ctx *ctx, int tp, int micro_batch, int variant) {
     for (int i = 0; i < ctx->n_cache; i++) {
-        const ad_parts *e = ctx->cache[i];
+        ad_parts *e = ctx->cache[i];
         if (e->tp == tp && e->micro_batch == micro_batch && e->variant == variant) return e;
     }
     if (ctx->n_cache == ctx->cap_cache) {
@@ -236,9 +242,17 @@ const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant
     if (!e) return NULL;
     ctx->cache[ctx->n_cache++] = e;
     e->tp = tp, e->micro_batch = micro_batch, e->variant = variant;
+    e->built[0] = e->built[1] = 0;
+    return e;
+}
+
+const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant, int piped) {
+    ad_parts *e = entry(ctx, tp, micro_batch, variant);
+    if (!e || e->status < 0 || e->built[piped != 0]) return e;
     loom__log_mute(1);  // a plan's warnings ("stays replicated") are for runs, not estimates
-    e->status = build_parts(ctx, e);
+    e->status = build_parts(ctx, e, piped);
     loom__log_mute(0);
+    e->built[piped != 0] = 1;
     if (e->status < 0) {
         snprintf(e->error, sizeof e->error, "%s", loom_last_error());
         loom_clear_error();

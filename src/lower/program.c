@@ -142,11 +142,13 @@ static loom_status push_schedule(builder *b, const loom_lower_options *opt) {
 
 // ---- regions ------------------------------------------------------------------------------------
 
-static loom_region region_of(const loom_program *p, loom_value v) {
+// `received`: the value is a pipeline boundary input that a RECV fills (it lives in the arena
+// from its receive to its last use, so only the micro-batches in flight hold one).
+static loom_region region_of(const loom_program *p, loom_value v, bool received) {
     const loom_graph *g = p->graph;
     const loom_value_info *vi = &g->values[v];
     switch (vi->role) {
-    case LOOM_ROLE_INPUT: return LOOM_REGION_INPUT;
+    case LOOM_ROLE_INPUT: return received ? LOOM_REGION_ARENA : LOOM_REGION_INPUT;
     case LOOM_ROLE_PARAM: return LOOM_REGION_PARAM;
     case LOOM_ROLE_STATE: return LOOM_REGION_PERSIST;
     case LOOM_ROLE_GRADIENT:
@@ -333,7 +335,10 @@ loom_status loom__lower(const loom_graph *g, const loom_lower_options *opt, loom
     for (size_t v = 0; v < nv; v++) {
         if (l.used[v] < 0 && g->values[v].role != LOOM_ROLE_PARAM && !(p->loss == (loom_value)v))
             continue;
-        loom_region r = region_of(p, (loom_value)v);
+        bool received = false;
+        for (int k = 0; opt->pipe && k < opt->pipe->n_recvs; k++)
+            received |= opt->pipe->recvs[k].value == (loom_value)v;
+        loom_region r = region_of(p, (loom_value)v, received);
         if (r == LOOM_REGION_PARAM_GRAD && !p->train) continue;
         p->region[v] = (uint8_t)r;
         if (r == LOOM_REGION_ARENA) continue;

@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 
-enum { MEASURE_RUNS = 3 };
+enum { MEASURE_RUNS = 5 };
 
 // Whether nodes a and b compute the same thing on the same shapes (so cost the same).
 static int same_signature(const loom_graph *g, const loom_node *a, const loom_node *b) {
@@ -32,26 +32,58 @@ static int same_signature(const loom_graph *g, const loom_node *a, const loom_no
     return 1;
 }
 
-// One copy of a one-node program (its runner owns it) and what its latest run took.
+// A barrier that can be called off (a copy's thread that failed to start never arrives).
+typedef struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int count, waiting, generation, cancelled;
+} gate;
+
+static void gate_wait(gate *g) {
+    pthread_mutex_lock(&g->mu);
+    if (!g->cancelled && ++g->waiting == g->count) {
+        g->waiting = 0;
+        g->generation++;
+        pthread_cond_broadcast(&g->cv);
+    } else {
+        for (int gen = g->generation; gen == g->generation && !g->cancelled;)
+            pthread_cond_wait(&g->cv, &g->mu);
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_cancel(gate *g) {
+    pthread_mutex_lock(&g->mu);
+    g->cancelled = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+// One copy of a one-node program (its runner owns it) and what its runs took.
 typedef struct op_copy {
     loom_runner *r;
     float *params;
     loom_comm_t solo;            // a one-rank communicator (vocabulary-parallel ops use one)
     int threads;
-    double t[2];                 // forward, backward seconds of the latest run
+    gate *start;                 // the copies start each run together (NULL: one copy)
+    double t[MEASURE_RUNS + 1][2];  // forward, backward seconds of each run (run 0 warms up)
     loom_status st;
 } op_copy;
 
 static void *run_copy(void *arg) {
     op_copy *c = arg;
-    omp_set_num_threads(c->threads);
-    c->r->n_events = 0;
-    c->st = loom__runner_run(c->r);
-    c->t[0] = c->t[1] = 0;
-    for (int e = 0; e < c->r->n_events; e++) {
-        loom_instr_kind kind = c->r->prog->instr[c->r->events[e].instr].kind;
-        if (kind == LOOM_INSTR_FORWARD || kind == LOOM_INSTR_BACKWARD)
-            c->t[kind == LOOM_INSTR_BACKWARD] += c->r->events[e].end - c->r->events[e].start;
+    if (c->start) omp_set_num_threads(c->threads);  // a thread of its own
+    for (int run = 0; run <= MEASURE_RUNS; run++) {
+        if (c->start) gate_wait(c->start);
+        c->r->n_events = 0;
+        if (c->st == 0) c->st = loom__runner_run(c->r);
+        c->t[run][0] = c->t[run][1] = 0;
+        for (int e = 0; e < c->r->n_events; e++) {
+            loom_instr_kind kind = c->r->prog->instr[c->r->events[e].instr].kind;
+            if (kind == LOOM_INSTR_FORWARD || kind == LOOM_INSTR_BACKWARD)
+                c->t[run][kind == LOOM_INSTR_BACKWARD] +=
+                    c->r->events[e].end - c->r->events[e].start;
+        }
     }
     return NULL;
 }
@@ -134,19 +166,27 @@ static loom_status measure_node(const loom_graph *g, const loom_node *n, int thr
     pthread_t *tids = loom__calloc((size_t)concurrent, sizeof *tids);
     if (st == 0 && (!copies || !tids)) st = LOOM_ERR_NOMEM;
     for (int c = 0; st == 0 && c < concurrent; c++) st = copy_create(mg, train, threads, &copies[c]);
-    double best = -1;
-    for (int run = 0; run <= MEASURE_RUNS && st == 0; run++) {  // run 0 warms up
-        int started = 0;
+    gate start = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, concurrent, 0, 0, 0};
+    int started = 0;
+    if (st == 0 && concurrent == 1) {
+        run_copy(&copies[0]);  // on this thread and its OpenMP team
+        started = 1;
+    } else if (st == 0) {
+        for (int c = 0; c < concurrent; c++) copies[c].start = &start;
         for (; started < concurrent; started++)
             if (pthread_create(&tids[started], NULL, run_copy, &copies[started]) != 0) break;
+        if (started < concurrent) gate_cancel(&start);
         for (int c = 0; c < started; c++) pthread_join(tids[c], NULL);
-        if (started < concurrent) st = loom__error(LOOM_ERR_INTERNAL, "cannot start a thread");
+        if (started < concurrent)
+            st = loom__error(LOOM_ERR_INTERNAL, "measuring op costs: cannot start a thread");
+    }
+    double best = -1;
+    for (int c = 0; st == 0 && c < concurrent; c++) st = copies[c].st;
+    for (int run = 1; st == 0 && run <= MEASURE_RUNS; run++) {  // run 0 warmed up
         double t[2] = {0, 0};
-        for (int c = 0; c < concurrent && st == 0; c++) {
-            st = copies[c].st;
-            t[0] += copies[c].t[0] / concurrent, t[1] += copies[c].t[1] / concurrent;
-        }
-        if (st == 0 && run > 0 && (best < 0 || t[0] + t[1] < best)) {
+        for (int c = 0; c < concurrent; c++)
+            t[0] += copies[c].t[run][0] / concurrent, t[1] += copies[c].t[run][1] / concurrent;
+        if (best < 0 || t[0] + t[1] < best) {
             best = t[0] + t[1];
             *fwd_s = t[0], *bwd_s = t[1];
         }
