@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 
-enum { MEASURE_RUNS = 5 };
+enum { MEASURE_RUNS = 3, MEASURE_ROUNDS = 3 };
 
 // Whether nodes a and b compute the same thing on the same shapes (so cost the same).
 static int same_signature(const loom_graph *g, const loom_node *a, const loom_node *b) {
@@ -230,6 +230,13 @@ static json_t *cache_load(const char *path) {
     return root;
 }
 
+// The first forward node before i with node i's signature, or -1.
+static int same_as_earlier(const loom_graph *g, int i) {
+    for (int j = 0; j < i; j++)
+        if (!g->nodes[j].backward && same_signature(g, &g->nodes[j], &g->nodes[i])) return j;
+    return -1;
+}
+
 loom_status loom__measure_op_times(const loom_graph *g, int threads, int concurrent,
                                   double *fwd_s, double *bwd_s) {
     if (concurrent < 1) concurrent = 1;
@@ -245,32 +252,40 @@ loom_status loom__measure_op_times(const loom_graph *g, int threads, int concurr
     }
     json_t *cache = cache_load(path);
     json_t *ops = cache ? json_object_get(cache, "ops") : NULL;
-    int added = 0;
-    loom_status st = cache ? LOOM_OK : LOOM_ERR_NOMEM;
+    char *need = loom__calloc((size_t)g->n_nodes + 1, 1);  // distinct nodes the cache lacks
+    int *first = loom__malloc(((size_t)g->n_nodes + 1) * sizeof(int));
+    int n_need = 0;
+    loom_status st = cache && need && first ? LOOM_OK : LOOM_ERR_NOMEM;
     for (int i = 0; i < g->n_nodes && st == 0; i++) {
         const loom_node *n = &g->nodes[i];
         fwd_s[i] = bwd_s[i] = 0;
+        first[i] = -1;
         if (n->backward || (loom__op_def(n->op)->flags & LOOM_OPF_COMM)) continue;
-        int j = 0;
-        while (j < i && (g->nodes[j].backward || !same_signature(g, &g->nodes[j], n))) j++;
-        if (j < i) {
-            fwd_s[i] = fwd_s[j], bwd_s[i] = bwd_s[j];
-            continue;
-        }
+        if ((first[i] = same_as_earlier(g, i)) >= 0) continue;
         cache_key(g, n, threads, concurrent, key, sizeof key);
         json_t *hit = json_object_get(ops, key);
         double f = json_number_value(json_array_get(hit, 0));
         double b = json_number_value(json_array_get(hit, 1));
-        if (json_array_size(hit) == 2 && f >= 0 && b >= 0) {
-            fwd_s[i] = f, bwd_s[i] = b;
-            continue;
+        if (json_array_size(hit) == 2 && f >= 0 && b >= 0) fwd_s[i] = f, bwd_s[i] = b;
+        else need[i] = 1, n_need++;
+    }
+    // In rounds: an op's best run over rounds spread in time, so a burst of other work on the
+    // machine spoils one round of an op rather than all its runs.
+    for (int round = 0; round < MEASURE_ROUNDS && st == 0 && n_need; round++)
+        for (int i = 0; i < g->n_nodes && st == 0; i++) {
+            double f, b;
+            if (!need[i]) continue;
+            st = measure_node(g, &g->nodes[i], threads, concurrent, &f, &b);
+            if (st == 0 && (round == 0 || f + b < fwd_s[i] + bwd_s[i])) fwd_s[i] = f, bwd_s[i] = b;
         }
-        st = measure_node(g, n, threads, concurrent, &fwd_s[i], &bwd_s[i]);
-        if (st == 0)
-            json_object_set_new(ops, key, json_pack("[f, f]", fwd_s[i], bwd_s[i])), added = 1;
+    for (int i = 0; i < g->n_nodes && st == 0; i++) {
+        if (first[i] >= 0) fwd_s[i] = fwd_s[first[i]], bwd_s[i] = bwd_s[first[i]];
+        if (!need[i]) continue;
+        cache_key(g, &g->nodes[i], threads, concurrent, key, sizeof key);
+        json_object_set_new(ops, key, json_pack("[f, f]", fwd_s[i], bwd_s[i]));
     }
     omp_set_num_threads(saved);
-    if (st == 0 && added && path[0]) {
+    if (st == 0 && n_need && path[0]) {
         // A cache that cannot be written only costs a new measurement next time.
         char dir[4096];
         snprintf(dir, sizeof dir, "%s", path);
@@ -280,6 +295,7 @@ loom_status loom__measure_op_times(const loom_graph *g, int threads, int concurr
             loom__log(LOOM_LOG_WARN, "could not cache op measurements in %s", path);
     }
     json_decref(cache);
+    loom__free(need), loom__free(first);
     if (st < 0) loom__error_prefix("measuring op costs");
     return st;
 }
