@@ -142,7 +142,8 @@ void loom_autodist_free(loom_autodist_t a);
 // The fastest plan that fits (or, after LOOM_ERR_NOMEM, the one needing the least memory).
 const loom_autodist_plan *loom_autodist_best(loom_autodist_t a);
 // The next-best plans, fastest first: fitting alternatives and the faster ones rejected for
-// memory, each with `rejected` saying why.
+// memory (at most half of the `keep` kept while fitting ones remain), each with `rejected`
+// saying why.
 int loom_autodist_n_alternatives(loom_autodist_t a);
 const loom_autodist_plan *loom_autodist_alternative(loom_autodist_t a, int i);
 // The inputs the search ran with (defaults resolved: the spec, the memory limit, ...).

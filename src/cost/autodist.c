@@ -327,9 +327,21 @@ static loom_status choose(search *s) {
     a->best.rejected[0] = '\0';
     a->alternatives = loom__calloc((size_t)ctx->cfg.keep, sizeof *a->alternatives);
     if (!a->alternatives) return LOOM_ERR_NOMEM;
-    for (int i = 0; i < s->n && a->n_alternatives < ctx->cfg.keep; i++) {
-        // Fitting plans, and the faster ones that need too much memory.
-        if (i == pick || (!s->plans[i].pub.fits && i > pick)) continue;
+    // Fitting plans, and the faster ones that need too much memory: at most half of the list
+    // for the latter while fitting ones remain, the fastest of each, listed fastest first.
+    int fitting = 0, faster = 0, keep = ctx->cfg.keep;
+    for (int i = 0; i < s->n; i++) {
+        if (i == pick) continue;
+        fitting += s->plans[i].pub.fits;
+        faster += !s->plans[i].pub.fits && i < pick;
+    }
+    int take_faster = faster < keep / 2 ? faster : keep / 2;
+    if (fitting < keep - take_faster)  // room left: more of the faster ones
+        take_faster = faster < keep - fitting ? faster : keep - fitting;
+    for (int i = 0; i < s->n && a->n_alternatives < keep; i++) {
+        const loom_autodist_plan *q = &s->plans[i].pub;
+        if (i == pick || (!q->fits && i > pick)) continue;
+        if (!q->fits && take_faster-- <= 0) continue;
         ad_plan *alt = &a->alternatives[a->n_alternatives];
         LOOM_CHECK(loom__ad_plan_copy(&s->plans[i], alt));
         a->n_alternatives++;
