@@ -11,6 +11,7 @@
 // `steps` steps after one warm-up, the best of `rounds` rounds; memory: the largest rank's bytes (loom_parallel_memory).
 
 #include "loom/autodist.h"
+#include "bench-util.h"
 #include "loom/parallel.h"
 
 #include <math.h>
@@ -24,16 +25,6 @@ static int steps = 5, rounds = 3, B = 8, T = 64, n_layer = 4, n_embd = 256, voca
 static void die(const char *what) {
     fprintf(stderr, "bench-autodist: %s: %s\n", what, loom_last_error());
     exit(1);
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 // A plan's fixed settings (0 / -1: searched).
@@ -73,7 +64,7 @@ static void measure(loom_model_t m, const loom_autodist_plan *plan, const loom_a
         if (loom_parallel_step(par, tokens, targets, &st) < 0) die("step");
         if (s > 0) times[s - 1] = st.seconds;
     }
-    *seconds = median(times, steps);
+    *seconds = bench_median(times, steps);
     *bytes = 0;
     for (int r = 0; r < loom_parallel_nranks(par); r++) {
         loom_memory_stats g = loom_parallel_memory(par, r);
@@ -184,6 +175,6 @@ int main(int argc, char **argv) {
         loom_model_free(m);
     }
     printf("median |error|: step time %.1f%%, peak memory %.1f%% over %d plans\n",
-           100 * median(errs_t, n_err), 100 * median(errs_m, n_err), n_err);
+           100 * bench_median(errs_t, n_err), 100 * bench_median(errs_m, n_err), n_err);
     return 0;
 }

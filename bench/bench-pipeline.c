@@ -32,6 +32,7 @@
 // With more ranks than cores (pp4 on 2 cores) none of these is a property of the schedule: the
 // ranks' waits are filled by other ranks' compute and a runnable rank may wait for a core.
 
+#include "bench-util.h"
 #include "loom/parallel.h"
 
 #include <jansson.h>
@@ -44,16 +45,6 @@
 static int steps = 5, B = 16, T = 64, n_layer = 8, n_embd = 128, vocab = 2048, verbose = 0;
 static const char *trace_dir = NULL;
 static int32_t *tokens, *targets;
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static void die(const char *what) {
     fprintf(stderr, "bench-pipeline: %s: %s\n", what, loom_last_error());
@@ -97,7 +88,7 @@ static double run(loom_model_t m, const config *c, const char *trace_path) {
     }
     if (trace_path && loom_parallel_write_trace(p, trace_path) < 0) die(trace_path);
     loom_parallel_free(p);
-    return median(ms, steps);
+    return bench_median(ms, steps);
 }
 
 // ---- the trace -------------------------------------------------------------------------------
@@ -263,10 +254,10 @@ static bubble measure(const char *path, int nranks_expected, int micros, int v) 
         double makespan = ((micros - 1) * busy_max + busy_sum) / micros;
         model[s] = 1.0 - busy_sum / nranks / makespan;
     }
-    b.span = median(span, steps);
-    b.wait = median(wait, steps);
-    b.imbalance = median(imbalance, steps);
-    b.model = v > 1 ? -1 : median(model, steps);
+    b.span = bench_median(span, steps);
+    b.wait = bench_median(wait, steps);
+    b.imbalance = bench_median(imbalance, steps);
+    b.model = v > 1 ? -1 : bench_median(model, steps);
     for (int r = 0; r < nranks; r++) free(tracks[r].ev);
     free(tracks);
     return b;

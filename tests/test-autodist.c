@@ -1,7 +1,7 @@
 // Autodist: the memory model against what the runtime allocates for the same plans on the CPU,
 // the search's choices and limits, fixed settings, and its errors.
 
-#include "io-testutil.h"
+#include "autodist-testutil.h"
 #include "parity.h"
 
 #include "loom/autodist.h"
@@ -12,43 +12,18 @@
 #include <stdio.h>
 #include <string.h>
 
-// A CPU-kind device spec in the scratch directory: op times come from its roofline, memory is
-// the CPU runtime's (kernel scratch included).
-static const char *cpu_like_spec(void) {
-    static char path[512];
-    loom_device_spec s;
-    CHECK_OK(loom_device_spec_builtin("a100-80gb-sxm", &s));
-    snprintf(s.name, sizeof s.name, "test-cpu");
-    s.kind = LOOM_DEVICE_CPU;
-    s.devices_per_node = 8;
-    snprintf(path, sizeof path, "%s", tu_path("test-cpu.json"));
-    CHECK_OK(loom_device_spec_save(path, &s));
-    return path;
-}
-
-static loom_model_config small_model(loom_family f) {
-    loom_model_config c = loom_model_config_default(f);
-    c.n_layer = 4;
-    return c;
-}
-
 // The plan autodist estimates for fixed settings, and the runtime's bytes for it: each
 // pipeline rank's peak within `tol` (relative), category by category where they are exact.
 static void check_memory(loom_family family, int tp, int pp, int dp, int micro_batch,
                          int batch, loom_recompute_mode recompute, int zero, loom_schedule sched,
                          double tol) {
     loom_model_config mc = small_model(family);
-    loom_autodist_config ac = loom_autodist_config_default();
-    ac.devices = tp * pp * dp;
-    ac.device_spec = cpu_like_spec();
+    loom_autodist_config ac = small_job(tp * pp * dp);
     ac.global_batch = batch;
-    ac.seq = 32;
     ac.tp = tp, ac.pp = pp, ac.dp = dp, ac.micro_batch = micro_batch;
     ac.recompute = recompute;
     ac.zero = zero;
     ac.schedule = sched;
-    ac.measured = 0;
-    ac.mem_constraint = 1e12;
     loom_autodist_t ad = NULL;
     CHECK_OK(loom_autodist_search(&mc, &ac, &ad));
     if (!ad) return;
