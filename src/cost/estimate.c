@@ -177,11 +177,12 @@ static loom_status set_strings(const ad_ctx *ctx, ad_plan *p) {
         all &= p->stages[s].recompute_layers == p->stages[s].n_layers;
         any |= p->stages[s].recompute_layers > 0;
     }
-    const char *fixed = q->recompute == LOOM_RECOMPUTE_SELECTIVE ? loom__ad_variant_spec(ctx, AD_VARIANT_SELECTIVE)
-                        : ctx->cfg.recompute_modules && ctx->cfg.recompute_modules[0]
-                            ? ctx->cfg.recompute_modules
+    const char *user = ctx->cfg.recompute_modules;
+    const char *fixed = q->recompute == LOOM_RECOMPUTE_SELECTIVE
+                            ? loom__ad_variant_spec(ctx, AD_VARIANT_SELECTIVE)
+                        : user && user[0]                                     ? user
                         : q->recompute == LOOM_RECOMPUTE_FULL && all && any ? "layers"
-                                                                            : NULL;
+                                                                              : NULL;
     if (fixed || !any) {
         p->recompute_spec = loom__strdup(fixed ? fixed : "");
         return p->recompute_spec ? LOOM_OK : LOOM_ERR_NOMEM;

@@ -31,7 +31,7 @@ double loom__op_seconds_roofline(const loom_device_spec *spec, const loom_graph 
                                                : spec->peak_flops_f32;
     if (!(rate > 0)) rate = spec->peak_flops_f32 > 0 ? spec->peak_flops_f32 : 1;
     double compute = loom__op_flops(g, n, backward) / rate;
-    double memory = spec->memory_bandwidth > 0 ? op_bytes(g, n, backward, dtype) / spec->memory_bandwidth
-                                               : 0;
+    double bandwidth = spec->memory_bandwidth;
+    double memory = bandwidth > 0 ? op_bytes(g, n, backward, dtype) / bandwidth : 0;
     return compute > memory ? compute : memory;
 }

@@ -68,8 +68,9 @@ static loom_status graph_seconds(ad_ctx *ctx, const loom_graph *g, int tp, sampl
     if (ctx->measured) {
         fwd = loom__malloc((size_t)(g->n_nodes + 1) * sizeof(double));
         bwd = loom__malloc((size_t)(g->n_nodes + 1) * sizeof(double));
-        loom_status st = fwd && bwd ? loom__measure_op_times(g, ctx->threads, ctx->concurrent, fwd, bwd)
-                                    : LOOM_ERR_NOMEM;
+        loom_status st = fwd && bwd
+                             ? loom__measure_op_times(g, ctx->threads, ctx->concurrent, fwd, bwd)
+                             : LOOM_ERR_NOMEM;
         if (st < 0) return loom__free(fwd), loom__free(bwd), st;
     }
     for (int i = 0; i < g->n_nodes; i++) {

@@ -165,7 +165,8 @@ static loom_status measure_node(const loom_graph *g, const loom_node *n, int thr
     op_copy *copies = loom__calloc((size_t)concurrent, sizeof *copies);
     pthread_t *tids = loom__calloc((size_t)concurrent, sizeof *tids);
     if (st == 0 && (!copies || !tids)) st = LOOM_ERR_NOMEM;
-    for (int c = 0; st == 0 && c < concurrent; c++) st = copy_create(mg, train, threads, &copies[c]);
+    for (int c = 0; st == 0 && c < concurrent; c++)
+        st = copy_create(mg, train, threads, &copies[c]);
     gate start = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, concurrent, 0, 0, 0};
     int started = 0;
     if (st == 0 && concurrent == 1) {
@@ -217,8 +218,9 @@ static void cache_key(const loom_graph *g, const loom_node *n, int threads, int 
                  (double)n->af[3], threads, concurrent);
 }
 
-// The cache file's measurements (an object: key -> [forward s, backward s]), or an empty object when there is
-// none or it cannot be read (a damaged cache is measured again, not an error).
+// The cache file's measurements (an object: key -> [forward s, backward s]), or an empty object
+// when there is none, it cannot be read or it is of another version (measured again, not an
+// error).
 static json_t *cache_load(const char *path) {
     json_t *root = path[0] ? json_load_file(path, 0, NULL) : NULL;
     json_t *ops = root ? json_object_get(root, "ops") : NULL;

@@ -8,9 +8,8 @@
 #include <stdio.h>
 
 // The search settings of a job: every degree open, the user's constraints kept.
-static loom_autodist_config job_config(const loom_model_t model, const loom_compute_config *cc,
+static loom_autodist_config job_config(const loom_compute_config *cc,
                                        const loom_train_config *tc) {
-    (void)model;
     loom_autodist_config ac = loom_autodist_config_default();
     ac.devices = cc->runtime_ndevices;
     ac.device_spec = cc->device_spec;
@@ -38,7 +37,7 @@ loom_status loom__parallelize_autodist(loom_model_t model, const loom_compute_co
     if (tc->batch < 1 || tc->grad_accum < 1)
         return loom__error(LOOM_ERR_INVALID, "autodist: batch (%d) and grad_accum (%d) must be "
                            ">= 1", tc->batch, tc->grad_accum);
-    loom_autodist_config ac = job_config(model, cc, tc);
+    loom_autodist_config ac = job_config(cc, tc);
     loom_autodist_t ad = NULL;
     loom_status st = cc->load_plan_path
                          ? loom_autodist_load(cc->load_plan_path, loom_model_get_config(model),
