@@ -5,6 +5,7 @@
 #define LOOM_TEST_PARITY_H
 
 #include "loom/model.h"
+#include "loom/parallel.h"
 #include "loom/train.h"
 #include "testutil.h"
 
@@ -83,6 +84,27 @@ static inline double parity_params_error(loom_model_t m, const parity_reference 
     }
     if (worst_name) *worst_name = at >= 0 ? loom_model_tensor_name(m, at, NULL, NULL) : "";
     return worst;
+}
+
+// Run `steps` steps of p on one batch, each loss within relative 1e-5 of the reference's, then
+// merge the parameters into m and compare them (relative 1e-5). The worst errors come back.
+static inline void parity_steps(loom_parallel_t p, loom_model_t m, const parity_reference *ref,
+                                const int32_t *tokens, const int32_t *targets, int steps,
+                                const char *what, double *worst_loss, double *worst_param) {
+    *worst_loss = 0;
+    for (int s = 0; s < steps; s++) {
+        loom_step_stats stats;
+        CHECK_OK(loom_parallel_step(p, tokens, targets, &stats));
+        double err = fabs(stats.loss - ref->losses[s]) / fabs(ref->losses[s]);
+        if (err > *worst_loss) *worst_loss = err;
+        CHECK_MSG(err < 1e-5, "%s: step %d loss %.7f vs single device %.7f", what, s, stats.loss,
+                  ref->losses[s]);
+    }
+    CHECK_OK(loom_parallel_sync_model(p));
+    const char *pname = "";
+    *worst_param = parity_params_error(m, ref, &pname);
+    CHECK_MSG(*worst_param < 1e-5, "%s: parameter %s relative error %.3g", what, pname,
+              *worst_param);
 }
 
 #endif // LOOM_TEST_PARITY_H

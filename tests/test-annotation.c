@@ -317,19 +317,6 @@ static void test_infer_literals_and_outputs(void) {
     CHECK(r.st == LOOM_ERR_FORMAT);
 }
 
-// Run `fn` in a child process (it may crash); returns its exit status, or 128 + signal. The
-// probes return 0 when the library behaves, 3 when it returns the wrong result; a sanitizer
-// abort shows up as 1.
-static int in_child(int (*fn)(void)) {
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) _exit(fn());
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) < 0) return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 // A rank above LOOM_MAX_DIMS for a '*' input: an error, not a write past the binder's arrays.
 static int infer_rank_too_large(void) {
     int ndim[2] = {LOOM_MAX_DIMS + 1, 1};
@@ -357,11 +344,11 @@ static int infer_rank_negative(void) {
 }
 
 static void test_infer_bad_ranks(void) {
-    int rc = in_child(infer_rank_too_large);
+    int rc = tu_in_child(infer_rank_too_large);
     CHECK_MSG(rc == 0, "loom_annotation_infer with in_ndim %d: child %s %d (expected an error "
               "status)", LOOM_MAX_DIMS + 1, rc >= 128 ? "died of signal" : "exited",
               rc >= 128 ? rc - 128 : rc);
-    rc = in_child(infer_rank_negative);
+    rc = tu_in_child(infer_rank_negative);
     CHECK_MSG(rc == 0, "loom_annotation_infer with in_ndim -1: child status %d", rc);
 }
 

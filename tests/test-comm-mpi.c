@@ -38,17 +38,7 @@ static int relaunch_under_mpi(void) {
     }
     if (pid == 0) {
         setpgid(0, 0);  // one group, so a hung run can be killed whole
-        setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-        setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-        setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
-        // Under -DLOOM_SANITIZE=ON, LeakSanitizer reports OpenMPI's own allocations (kept past
-        // MPI_Finalize, many in unloaded plugins that no suppression can name): leak checks are
-        // off in the MPI processes; test-comm-local covers loom's side of the code with them on.
-        char asan[512];
-        const char *old_asan = getenv("ASAN_OPTIONS");
-        snprintf(asan, sizeof asan, "%s%sdetect_leaks=0", old_asan ? old_asan : "",
-                 old_asan && *old_asan ? ":" : "");
-        setenv("ASAN_OPTIONS", asan, 1);
+        tu_mpi_environment();
         execl(LOOM_MPIEXEC, LOOM_MPIEXEC, "-np", "4", "--oversubscribe", self, (char *)NULL);
         perror("test-comm-mpi: exec " LOOM_MPIEXEC);
         _exit(127);

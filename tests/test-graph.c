@@ -289,19 +289,6 @@ static loom_value cached_without_state(loom_graph_t g) {
     return loom_attention_cached(g, q, q, q, c, c, pos, 2, 2);
 }
 
-// Run `fn` in a child process (it may crash); returns its exit status, or 128 + signal. The
-// probes return 0 when the library behaves, 3 when it returns the wrong result; a sanitizer
-// abort shows up as 1.
-static int in_child(int (*fn)(void)) {
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) _exit(fn());
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) < 0) return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 // A value with 0 dims: the builder's message says "1..6 allowed", so it must be refused (and
 // without reading the NULL shape).
 static int zero_rank_input(void) {
@@ -325,10 +312,10 @@ static int too_many_dims(void) {
 }
 
 static void test_builder_errors(void) {
-    int rc = in_child(zero_rank_input);
+    int rc = tu_in_child(zero_rank_input);
     CHECK_MSG(rc == 0, "0-dim input: child %s %d", rc >= 128 ? "died of signal" : "exited",
               rc >= 128 ? rc - 128 : rc);
-    rc = in_child(too_many_dims);
+    rc = tu_in_child(too_many_dims);
     CHECK_MSG(rc == 0, "7-dim param: child status %d", rc);
 
     check_fails("duplicate param", dup_param, LOOM_ERR_INVALID, "'w'", "already");

@@ -111,11 +111,7 @@ int main(int argc, char **argv) {
     }
     if (loom_comm_mpi_launched()) return run_under_mpi();
     // Start NPROC copies of this program under mpirun (as root in CI containers).
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
-    setenv("OMP_NUM_THREADS", "1", 1);
-    setenv("ASAN_OPTIONS", "detect_leaks=0", 1);  // OpenMPI keeps allocations until exit
+    tu_mpi_environment();
     char np[8];
     snprintf(np, sizeof np, "%d", NPROC);
     fflush(stdout);

@@ -247,11 +247,7 @@ int main(int argc, char **argv) {
     // Under mpirun: argv[1] names the group (2, 4 or 8 processes).
     if (loom_comm_mpi_launched()) return run_under_mpi(argc > 1 ? atoi(argv[1]) : 4);
     // As root in CI containers; 8 processes on 2 cores.
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
-    setenv("OMP_NUM_THREADS", "1", 1);
-    setenv("ASAN_OPTIONS", "detect_leaks=0", 1);  // OpenMPI keeps allocations until exit
+    tu_mpi_environment();
     // Every message over 1 KB (boundary activations of 4 KB, parameters of 12 KB sent to rank 0
     // by sync_model) takes the rendezvous path, whose data moves only while the sender is inside
     // an MPI call: by default the tiny models' messages fit in the first 32 KB fragment.

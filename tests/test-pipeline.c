@@ -97,19 +97,8 @@ static void parity(const char *name, const reference *ref, pipe_case c) {
     CHECK_OK(loom_parallel_eval(p, tokens, targets, &eval_loss));
     CHECK_MSG(fabs(eval_loss - ref->losses[0]) <= 1e-5 * fabs(ref->losses[0]),
               "%s: eval loss %.7f vs %.7f", what, eval_loss, ref->losses[0]);
-    double worst_loss = 0, worst_param = 0;
-    for (int s = 0; s < STEPS; s++) {
-        loom_step_stats stats;
-        CHECK_OK(loom_parallel_step(p, tokens, targets, &stats));
-        double err = fabs(stats.loss - ref->losses[s]) / fabs(ref->losses[s]);
-        if (err > worst_loss) worst_loss = err;
-        CHECK_MSG(err < 1e-5, "%s: step %d loss %.7f vs single device %.7f", what, s, stats.loss,
-                  ref->losses[s]);
-    }
-    CHECK_OK(loom_parallel_sync_model(p));
-    const char *pname = "";
-    worst_param = parity_params_error(m, ref, &pname);
-    CHECK_MSG(worst_param < 1e-5, "%s: parameter %s differs (rel %.2e)", what, pname, worst_param);
+    double worst_loss, worst_param;
+    parity_steps(p, m, ref, tokens, targets, STEPS, what, &worst_loss, &worst_param);
     printf("%-62s loss rel err %.1e, parameters %.1e\n", what, worst_loss, worst_param);
     loom_parallel_free(p);
     loom_model_free(m);
