@@ -76,6 +76,11 @@ typedef struct loom_autodist_config {
     int measured;                 // -1: by the spec; 0: roofline; 1: measured
     int threads;                  // threads per device when measuring (0: cores / devices)
     int keep;                     // alternatives kept in the result (0: 10)
+    // Per-op strategy search inside stages: 1 (the default) tries, per tensor-parallel degree,
+    // other strategies than the model family's table for every op (replicated, split on any
+    // dim its annotation allows, whole blocks data-parallel) and keeps the fastest layout as a
+    // candidate next to the table; 0 keeps the table (Megatron's layout) alone.
+    int op_search;
 } loom_autodist_config;
 
 loom_autodist_config loom_autodist_config_default(void);
@@ -124,6 +129,13 @@ typedef struct loom_autodist_plan {
     // recompute spec for loom_train_config ("" for none).
     const char *pipeline_layers;
     const char *recompute_spec;
+    // Per-op strategies inside a stage's tensor-parallel group: the model family's table
+    // (Megatron's layout) except the ops `layout` names ("attn: split b; mlp.c_fc: replicated";
+    // "" when it is the table), which the per-op search found faster. `constraints` makes the
+    // runtime follow them: the user's partition constraints plus one per op named (what
+    // loom_autodist_apply passes; owned by the search result, NULL when there are none).
+    const char *layout;
+    loom_constraints_t constraints;
     int fits;                     // peak_memory_bytes <= the memory limit
     const char *rejected;         // why the search did not pick it ("" for the best plan)
 } loom_autodist_plan;

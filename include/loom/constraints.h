@@ -59,6 +59,12 @@ loom_status loom_constraints_load(const char *path, loom_constraints_t *out);
 // `source_name` (NULL: "<string>") stands for the file in error messages. Errors as above.
 loom_status loom_constraints_parse(const char *text, size_t len, const char *source_name,
                                    loom_constraints_t *out);
+// A constraint set made in code: copies of the `n` entries (strings and allowed dims copied; line
+// and column kept as given, 0 when made up). Errors: LOOM_ERR_INVALID for an entry without a name
+// or with allowed dims but n_allowed < 0; LOOM_ERR_NOMEM. Several sets combine by passing the
+// entries of each (loom_constraints_at) to one call.
+loom_status loom_constraints_create(const loom_partition_constraint *items, int n,
+                                    loom_constraints_t *out);
 // Number of constraints (0 for NULL).
 int loom_constraints_count(loom_constraints_t c);
 // Constraint `i` in file order, or NULL when `i` is out of range.

@@ -109,7 +109,20 @@ static void rank_recompute(const loom_autodist_plan *p, int *r) {
     }
 }
 
-static json_t *settings_json(const ad_ctx *ctx, const loom_autodist_plan *p) {
+// The layout's overrides of the family's table: [{"module", "op", "split"}, ...].
+static json_t *layout_json(const ad_layout *l) {
+    json_t *a = json_array();
+    for (int i = 0; a && i < l->n; i++) {
+        const ad_override *o = &l->ov[i];
+        json_t *e = json_pack("{s:s, s:s, s:o}", "module", o->module, "op", o->op, "split",
+                              loom__plan_split_json(o->split, o->input, o->dim));
+        if (json_array_append_new(a, e) < 0) return json_decref(a), NULL;
+    }
+    return a;
+}
+
+static json_t *settings_json(const ad_ctx *ctx, const ad_plan *plan) {
+    const loom_autodist_plan *p = &plan->pub;
     int *layers = loom__calloc((size_t)p->n_stages + (size_t)p->pp, sizeof(int));
     if (!layers) return NULL;
     int *recompute = layers + p->n_stages;
@@ -125,6 +138,8 @@ static json_t *settings_json(const ad_ctx *ctx, const loom_autodist_plan *p) {
                           ints_json(layers, p->n_stages), "recompute_modules", modules,
                           "recompute_layers", ints_json(recompute, p->pp));
     loom__free(layers);
+    if (o && json_object_set_new(o, "layout", layout_json(&ctx->layouts[plan->layout])) < 0)
+        json_decref(o), o = NULL;
     return o;
 }
 
@@ -197,7 +212,7 @@ loom_status loom_autodist_save(loom_autodist_t a, const char *path) {
         "{s:s, s:i, s:{s:i, s:i, s:i, s:s}, s:o, s:o, s:{s:f, s:I, s:b}, s:o}", "format",
         PLAN_FORMAT, "version", PLAN_VERSION, "job", "devices", ctx->cfg.devices,
         "global_batch", ctx->cfg.global_batch, "seq", ctx->cfg.seq, "device_spec",
-        ctx->spec.name, "model", model_json(&ctx->model), "settings", settings_json(ctx, p),
+        ctx->spec.name, "model", model_json(&ctx->model), "settings", settings_json(ctx, &a->best),
         "predicted", "step_time_s", p->step_time_s, "peak_memory_bytes",
         (json_int_t)p->peak_memory_bytes, "fits", p->fits, "ops", ops);
     st = write_plan(path, root);
@@ -220,10 +235,13 @@ typedef struct plan_file {
     char *pipeline_layers;          // layers as loom_compute_config wants them ("2,2")
     int n_ops;
     plan_op *ops;
+    int n_layout;                   // overrides of the family's table (module, op borrowed)
+    ad_override *layout;
 } plan_file;
 
 static void plan_file_free(plan_file *f) {
     json_decref(f->root);
+    loom__free(f->layout);
     loom__free(f->layers), loom__free(f->recompute_layers), loom__free(f->pipeline_layers);
     loom__free(f->ops);
     memset(f, 0, sizeof *f);
@@ -339,6 +357,35 @@ static void read_model(reader *r, json_t *root, plan_file *f) {
         *identity_at(&f->model, k) = get_int(r, m, "model", identity[k].key, 1);
 }
 
+// settings.layout: the ops whose strategy is not the family table's (absent: none).
+static void read_layout(reader *r, json_t *settings, plan_file *f) {
+    json_t *a = r->st == 0 ? json_object_get(settings, "layout") : NULL;
+    if (!a) return;
+    if (!json_is_array(a)) {
+        r->st = loom__error(LOOM_ERR_FORMAT, "%s: 'settings.layout' must be a list", r->path);
+        return;
+    }
+    f->n_layout = (int)json_array_size(a);
+    f->layout = loom__calloc((size_t)f->n_layout + 1, sizeof *f->layout);
+    if (!f->layout) r->st = LOOM_ERR_NOMEM;
+    for (int i = 0; r->st == 0 && i < f->n_layout; i++) {
+        char sec[48];
+        snprintf(sec, sizeof sec, "settings.layout[%d]", i);
+        json_t *e = json_array_get(a, (size_t)i);
+        ad_override *o = &f->layout[i];
+        if (!json_is_object(e)) {
+            r->st = loom__error(LOOM_ERR_FORMAT, "%s: '%s' must be an object", r->path, sec);
+            break;
+        }
+        o->module = (char *)get_str(r, e, sec, "module");
+        o->op = get_str(r, e, sec, "op");
+        o->split = loom__plan_split_parse(json_object_get(e, "split"), &o->input, &o->dim);
+        if (r->st == 0 && o->split < 0)
+            r->st = loom__error(LOOM_ERR_FORMAT, "%s: '%s.split' must be [input, dim] or "
+                                "\"replicate\"", r->path, sec);
+    }
+}
+
 static void read_settings(reader *r, json_t *root, plan_file *f) {
     json_t *s = get(r, root, "", "settings", JSON_OBJECT);
     loom_autodist_plan *p = &f->shape;
@@ -360,6 +407,7 @@ static void read_settings(reader *r, json_t *root, plan_file *f) {
     const char *modules = get_str(r, s, "settings", "recompute_modules");
     f->recompute_modules = modules && modules[0] ? modules : NULL;
     f->recompute_layers = get_ints(r, s, "recompute_layers", p->pp, 0);
+    read_layout(r, s, f);
 }
 
 static void read_ops(reader *r, json_t *root, plan_file *f) {
@@ -547,10 +595,11 @@ static loom_status fixed_config(const plan_file *f, const loom_autodist_config *
 }
 
 // The file's plan, estimated under a->ctx as the best (and only) plan of the result.
-static loom_status estimate(struct loom_autodist *a, const plan_file *f) {
+static loom_status estimate(struct loom_autodist *a, const plan_file *f, int layout) {
     ad_plan *p = &a->best;
     memset(p, 0, sizeof *p);
     p->pub = f->shape;
+    p->layout = layout;
     p->pub.pipeline_layers = NULL;
     p->preset_layers = f->layers;
     p->preset_recompute = f->shape.recompute == LOOM_RECOMPUTE_FULL ? f->recompute_layers : NULL;
@@ -568,15 +617,18 @@ static loom_status estimate(struct loom_autodist *a, const plan_file *f) {
                        (double)p->pub.peak_memory_bytes / 1e9, a->ctx.cfg.mem_constraint / 1e9);
 }
 
-static loom_status load(const plan_file *f, const loom_model_config *model,
+static loom_status load(plan_file *f, const loom_model_config *model,
                         const loom_autodist_config *cfg, struct loom_autodist *a) {
     loom_autodist_config fixed;
     LOOM_CHECK(check_job(f, cfg));
     LOOM_CHECK(check_model(f, model));
     LOOM_CHECK(fixed_config(f, cfg, &fixed));
+    int layout = 0;
     loom_status st = loom__ad_resolve(&a->ctx, model, &fixed);
+    if (st == 0) st = loom__ad_layout_add(&a->ctx, f->shape.tp, f->layout, f->n_layout, &layout);
+    if (st == 0) f->shape.constraints = a->ctx.layouts[layout].constraints;
     if (st == 0) st = check_ops(&a->ctx, f);
-    if (st == 0) st = estimate(a, f);
+    if (st == 0) st = estimate(a, f, layout);
     if (st < 0 && st != LOOM_ERR_NOMEM && strncmp(loom_last_error(), f->path, strlen(f->path)))
         loom__error_prefix("%s", f->path);
     return st;

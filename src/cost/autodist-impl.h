@@ -6,6 +6,7 @@
 
 #include "loom/autodist.h"
 #include "loom/device.h"
+#include "ir/ir.h"
 
 // The kinds of stage programs a plan is made of.
 typedef enum ad_kind {
@@ -37,9 +38,10 @@ typedef struct ad_part {
     double send_bytes;                // boundary activations sent per micro-batch
 } ad_part;
 
-// The parts of every kind for one (tp, micro_batch, recompute variant); cached by the search.
+// The parts of every kind for one (tp, micro_batch, recompute variant, layout); cached by the
+// search.
 typedef struct ad_parts {
-    int tp, micro_batch, variant;
+    int tp, micro_batch, variant, layout;
     int built[2];                     // the unpipelined part, the pipelined kinds' parts
     loom_status status;               // < 0: this tp cannot split the model (message below)
     char error[512];
@@ -50,6 +52,27 @@ typedef struct ad_parts {
 // user's recompute_modules.
 enum { AD_VARIANT_NONE = 0, AD_VARIANT_SELECTIVE, AD_VARIANT_FULL, AD_VARIANT_CUSTOM,
        AD_VARIANT_COUNT };
+
+// One op's strategy inside a stage's tensor-parallel group where it differs from the model
+// family's table: the ops of signature `op` whose module path ends in `module` (the module
+// inside a layer, "attn.c_attn", so every layer alike; or a whole path outside the layers) are
+// replicated (split = 0) or split along dim `dim` of input `input` (split = 1).
+typedef struct ad_override {
+    char *module;
+    const char *op;
+    int split, input, dim;
+} ad_override;
+
+// A layout: the strategies of every op of a stage under tensor-parallel degree tp, as overrides
+// of the family's table. Layout 0 is the table itself (any tp, no overrides).
+typedef struct ad_layout {
+    int tp;
+    int n;
+    ad_override *ov;
+    loom_constraints_t constraints;   // the user's + one per override (owned), or for layout
+                                      // 0 the user's (borrowed; may be NULL)
+    char *description;                // "attn: split b; attn.c_attn: replicated" ("" for 0)
+} ad_layout;
 
 typedef struct ad_ctx {
     loom_model_config model;
@@ -65,6 +88,10 @@ typedef struct ad_ctx {
     int64_t n_params;                 // of the model (tied ones once)
     ad_parts **cache;
     int n_cache, cap_cache;
+    ad_layout *layouts;               // [0]: the family's table
+    int n_layouts, cap_layouts;
+    int *searched;                    // per tp: the layout the per-op search found (-1: none,
+                                      // 0: not searched yet), indexed by tp (devices + 1)
 } ad_ctx;
 
 // Check `cfg` and fill ctx with it, defaults resolved (device spec, memory limit, precision,
@@ -72,11 +99,31 @@ typedef struct ad_ctx {
 loom_status loom__ad_resolve(ad_ctx *ctx, const loom_model_config *model,
                              const loom_autodist_config *cfg);
 
-// The parts for (tp, micro_batch, variant): built on first use (graphs of one and two layers,
+// ---- per-op strategies (layout.c) ----
+
+// Layout 0 (the family's table, with the user's constraints). Called by loom__ad_resolve.
+loom_status loom__ad_layouts_init(ad_ctx *ctx);
+// The layout the per-op search finds for tp at micro-batch b (searched once per tp, on first
+// use; later calls return it for any b): its index, or 0 when nothing beats the family's table
+// (or the search is off, or tp is 1). Errors: LOOM_ERR_NOMEM only.
+loom_status loom__ad_layout_search(ad_ctx *ctx, int tp, int micro_batch, int *layout);
+// Register the layout with these overrides for tp (a plan file's); its index in *layout.
+// Errors name the override that is not a known op (LOOM_ERR_INVALID) or LOOM_ERR_NOMEM.
+loom_status loom__ad_layout_add(ad_ctx *ctx, int tp, const ad_override *ov, int n, int *layout);
+void loom__ad_layouts_free(ad_ctx *ctx);
+
+// Seconds of one micro-batch (forward + backward) on tensor-parallel rank 0 of `global`, planned
+// for tp devices per stage with the family's table and `constraints`, without a pipeline: the
+// per-op search's measure. Errors: the plan's (this layout cannot split the model).
+loom_status loom__ad_plan_seconds(ad_ctx *ctx, const loom_graph *global, loom_value loss,
+                                  loom_constraints_t constraints, int tp, double *seconds);
+
+// The parts for (tp, micro_batch, variant, layout): built on first use (graphs of one and two layers,
 // alone, or with `piped` cut into a three-stage pipeline for the first, middle and last kinds;
 // planned, parallelized and lowered), then cached. NULL only when out of memory; a tp that does
 // not split the model has status < 0.
-const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant, int piped);
+const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant, int layout,
+                               int piped);
 
 // Free the parts cache.
 void loom__ad_parts_free(ad_ctx *ctx);
@@ -92,6 +139,7 @@ typedef struct ad_plan {
     char *pipeline_layers;
     char *recompute_spec;
     char rejected[256];
+    int layout;                       // index into ctx->layouts (set before loom__ad_estimate)
     // Set before loom__ad_estimate to estimate a given plan (a loaded plan file) rather than
     // choose: layers per virtual stage, and under full recomputation the layers each pipeline
     // rank recomputes in each of its stages. NULL: chosen by the estimate. Borrowed.

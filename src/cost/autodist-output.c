@@ -20,6 +20,16 @@ static void plan_line(const loom_autodist_plan *p, char *buf, size_t cap) {
                       p->chunks > 1 ? " (2 chunks)" : "");
     n += snprintf(buf + n, cap - (size_t)n, ", recompute %s, zero %s",
                   loom_recompute_mode_name(p->recompute), p->zero ? "on" : "off");
+    if (p->layout && p->layout[0] && (size_t)n < cap)
+        snprintf(buf + n, cap - (size_t)n, ", ops: %s", p->layout);
+}
+
+// The per-op strategies of a stage's tensor-parallel group.
+static void print_strategies(const loom_autodist_plan *p, FILE *f) {
+    if (p->tp == 1) return;
+    fprintf(f, "  strategies in each %d-device tensor-parallel group: the family's table "
+            "(Megatron)%s%s\n", p->tp, p->layout && p->layout[0] ? " except " : "",
+            p->layout ? p->layout : "");
 }
 
 static void print_stages(const loom_autodist_plan *p, FILE *f) {
@@ -52,7 +62,7 @@ void loom_autodist_print(loom_autodist_t a, FILE *f, int explain) {
     const loom_autodist_config *c = loom_autodist_get_config(a);
     const loom_model_config *m = loom_autodist_model(a);
     const loom_autodist_plan *p = loom_autodist_best(a);
-    char line[256];
+    char line[1024];
     fprintf(f, "model: %s, %d layers, hidden %d, %.3g B parameters; %d x %s, %.2f GB each; "
             "batch %d x %d tokens, %s\n", m->model_type, m->n_layer, m->n_embd,
             (double)a->ctx.n_params / 1e9, c->devices, loom__autodist_spec(a)->name,
@@ -60,6 +70,7 @@ void loom_autodist_print(loom_autodist_t a, FILE *f, int explain) {
     plan_line(p, line, sizeof line);
     fprintf(f, "plan%s: %s\n", p->fits ? "" : " (does NOT fit)", line);
     print_stages(p, f);
+    print_strategies(p, f);
     fprintf(f, "step %.4g s: compute %.4g s (tensor-parallel comm %.3g s), bubble %.3g s, "
             "pipeline sends %.3g s, data-parallel comm %.3g s, optimizer %.3g s\n",
             p->step_time_s, p->compute_s, p->tp_comm_s, p->bubble_s, p->pp_comm_s, p->dp_comm_s,
@@ -115,6 +126,7 @@ static json_t *plan_json(const loom_autodist_plan *p) {
     json_object_set_new(o, "chunks", json_integer(p->chunks));
     json_object_set_new(o, "pipeline_layers", json_string(p->pipeline_layers));
     json_object_set_new(o, "recompute_modules", json_string(p->recompute_spec));
+    json_object_set_new(o, "layout", json_string(p->layout ? p->layout : ""));
     json_object_set_new(o, "stages", stages);
     json_object_set_new(o, "peak_memory_bytes", mem);
     if (p->rejected && p->rejected[0]) json_object_set_new(o, "rejected", json_string(p->rejected));
@@ -166,5 +178,8 @@ void loom_autodist_print_megatron(loom_autodist_t a, FILE *f) {
     }
     if (p->zero) fprintf(f, " --use-distributed-optimizer");
     if (p->precision == LOOM_PRECISION_MIXED) fprintf(f, " --bf16");
+    if (p->layout && p->layout[0])  // a shell comment: the line still runs
+        fprintf(f, "  # Megatron has no flag for loom's per-op strategies (%s): its tensor "
+                "parallelism splits them as the family's table does", p->layout);
     fputc('\n', f);
 }

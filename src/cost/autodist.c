@@ -35,7 +35,7 @@ const char *loom_precision_name(loom_precision p) {
 loom_autodist_config loom_autodist_config_default(void) {
     return (loom_autodist_config){.devices = 1, .global_batch = 8, .seq = 1024,
                                   .recompute = -1, .zero = -1, .schedule = -1,
-                                  .measured = -1};
+                                  .measured = -1, .op_search = 1};
 }
 
 static double now_s(void) {
@@ -178,8 +178,12 @@ loom_status loom__ad_resolve(ad_ctx *ctx, const loom_model_config *model,
     if (c->max_partition_degree <= 0)
         c->max_partition_degree = ctx->spec.devices_per_node > 0 ? ctx->spec.devices_per_node : 1;
     if (c->keep <= 0) c->keep = 10;
+    if (c->op_search < 0 || c->op_search > 1)
+        return loom__error(LOOM_ERR_INVALID, "autodist: op_search must be 0 or 1 (got %d)",
+                           c->op_search);
     c->device_spec = NULL;  // the caller's string is not kept; ctx->spec.name says it
-    return model_facts(ctx);
+    LOOM_CHECK(model_facts(ctx));
+    return loom__ad_layouts_init(ctx);
 }
 
 // ---- candidates -----------------------------------------------------------------------------
@@ -193,7 +197,7 @@ typedef struct search {
 } search;
 
 // Estimate one candidate; *fits: it was kept and fits the memory limit.
-static loom_status consider(search *s, const loom_autodist_plan *shape, int *fits) {
+static loom_status consider(search *s, const loom_autodist_plan *shape, int layout, int *fits) {
     *fits = 0;
     if (s->n == s->cap) {
         int cap = s->cap ? 2 * s->cap : 256;
@@ -204,6 +208,7 @@ static loom_status consider(search *s, const loom_autodist_plan *shape, int *fit
     ad_plan *p = &s->plans[s->n];
     memset(p, 0, sizeof *p);
     p->pub = *shape;
+    p->layout = layout;
     s->a->evaluated++;
     loom_status st = loom__ad_estimate(&s->a->ctx, p);
     if (st == LOOM_ERR_NOMEM) return loom__ad_plan_free(p), st;
@@ -228,6 +233,42 @@ static loom_status consider(search *s, const loom_autodist_plan *shape, int *fit
     return LOOM_OK;
 }
 
+// Every schedule, ZeRO and recomputation setting left open for one (tp, pp, dp, micro-batch,
+// layout).
+static loom_status enumerate_settings(search *s, int tp, int pp, int dp, int b, int layout) {
+    const ad_ctx *ctx = &s->a->ctx;
+    const loom_autodist_config *c = &ctx->cfg;
+    int L = ctx->model.n_layer, m = c->global_batch / dp / b;
+    for (int sched = 0; sched < LOOM_SCHEDULE_INFER_PIPE; sched++) {
+        int chunks = sched == LOOM_SCHEDULE_1F1B_INTERLEAVED ? 2 : 1;
+        if (pp == 1 && (sched != LOOM_SCHEDULE_1F1B ||
+                        (c->schedule >= 0 && c->schedule != LOOM_SCHEDULE_1F1B)))
+            continue;  // a schedule the user fixed needs a pipeline
+        if (c->schedule >= 0 ? sched != c->schedule && pp > 1 : sched == LOOM_SCHEDULE_GPIPE)
+            continue;
+        if (chunks > 1 && (m % pp || L < chunks * pp)) continue;
+        for (int zero = 0; zero <= (dp > 1); zero++) {
+            if (c->zero >= 0 && zero != c->zero) continue;  // ZeRO needs dp > 1
+            // Recomputation only adds time: when the plan without it fits, no recomputing
+            // variant can be faster.
+            for (int rc = 0, fits = 0; rc < LOOM_RECOMPUTE_MODE_COUNT; rc++) {
+                if (rc > 0 && fits && c->recompute < 0) break;
+                if (c->recompute_modules && c->recompute_modules[0] ? rc != 0
+                    : c->recompute >= 0 ? rc != c->recompute : 0)
+                    continue;
+                loom_autodist_plan shape = {
+                    .tp = tp, .pp = pp, .dp = dp, .chunks = chunks, .micro_batch = b,
+                    .num_micro_batches = m, .schedule = (loom_schedule)sched,
+                    .recompute = (loom_recompute_mode)rc, .zero = zero};
+                int fit = 0;
+                LOOM_CHECK(consider(s, &shape, layout, &fit));
+                if (rc == 0) fits = fit;
+            }
+        }
+    }
+    return LOOM_OK;
+}
+
 static loom_status enumerate(search *s) {
     const ad_ctx *ctx = &s->a->ctx;
     const loom_autodist_config *c = &ctx->cfg;
@@ -240,36 +281,12 @@ static loom_status enumerate(search *s) {
             if ((is_fixed(c->dp) && dp != c->dp) || B % dp) continue;
             for (int b = 1; b <= B / dp; b++) {
                 if ((B / dp) % b || (is_fixed(c->micro_batch) && b != c->micro_batch)) continue;
-                int m = B / dp / b;
-                for (int sched = 0; sched < LOOM_SCHEDULE_INFER_PIPE; sched++) {
-                    int chunks = sched == LOOM_SCHEDULE_1F1B_INTERLEAVED ? 2 : 1;
-                    if (pp == 1 && (sched != LOOM_SCHEDULE_1F1B ||
-                                    (c->schedule >= 0 && c->schedule != LOOM_SCHEDULE_1F1B)))
-                        continue;  // a schedule the user fixed needs a pipeline
-                    if (c->schedule >= 0 ? sched != c->schedule && pp > 1
-                                         : sched == LOOM_SCHEDULE_GPIPE)
-                        continue;
-                    if (chunks > 1 && (m % pp || L < chunks * pp)) continue;
-                    for (int zero = 0; zero <= (dp > 1); zero++) {
-                        if (c->zero >= 0 && zero != c->zero) continue;  // ZeRO needs dp > 1
-                        // Recomputation only adds time: when the plan without it fits, no
-                        // recomputing variant can be faster.
-                        for (int rc = 0, fits = 0; rc < LOOM_RECOMPUTE_MODE_COUNT; rc++) {
-                            if (rc > 0 && fits && c->recompute < 0) break;
-                            if (c->recompute_modules && c->recompute_modules[0] ? rc != 0
-                                : c->recompute >= 0 ? rc != c->recompute : 0)
-                                continue;
-                            loom_autodist_plan shape = {
-                                .tp = tp, .pp = pp, .dp = dp, .chunks = chunks,
-                                .micro_batch = b, .num_micro_batches = m,
-                                .schedule = (loom_schedule)sched,
-                                .recompute = (loom_recompute_mode)rc, .zero = zero};
-                            int fit = 0;
-                            LOOM_CHECK(consider(s, &shape, &fit));
-                            if (rc == 0) fits = fit;
-                        }
-                    }
-                }
+                // The family's table, and the per-op search's layout for this tp if it found
+                // a faster one.
+                int searched = 0;
+                LOOM_CHECK(loom__ad_layout_search(&s->a->ctx, tp, b, &searched));
+                LOOM_CHECK(enumerate_settings(s, tp, pp, dp, b, 0));
+                if (searched > 0) LOOM_CHECK(enumerate_settings(s, tp, pp, dp, b, searched));
             }
         }
     }
@@ -380,6 +397,7 @@ void loom_autodist_free(loom_autodist_t a) {
     for (int i = 0; i < a->n_alternatives; i++) loom__ad_plan_free(&a->alternatives[i]);
     loom__free(a->alternatives);
     loom__ad_parts_free(&a->ctx);
+    loom__ad_layouts_free(&a->ctx);
     loom__free(a);
 }
 
@@ -402,7 +420,7 @@ void loom_autodist_apply(const loom_autodist_plan *plan, const loom_autodist_con
     cc->policy = plan->pp > 1    ? LOOM_POLICY_HYBRID
                  : plan->tp > 1  ? LOOM_POLICY_TP
                                  : LOOM_POLICY_DP;
-    cc->constraints = cfg->constraints;
+    cc->constraints = plan->constraints;
     cc->use_zero = plan->zero && plan->dp > 1;
     cc->zero_ngroups = 1;
     cc->pipeline_nstages = plan->pp;

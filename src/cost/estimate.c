@@ -234,9 +234,18 @@ loom_status loom__ad_estimate(ad_ctx *ctx, ad_plan *p) {
                   : q->recompute == LOOM_RECOMPUTE_SELECTIVE                 ? AD_VARIANT_SELECTIVE
                                                                              : AD_VARIANT_NONE;
     int piped = q->pp * q->chunks > 1;
-    const ad_parts *plain = loom__ad_parts(ctx, q->tp, q->micro_batch, variant, piped);
+    if (p->layout < 0 || p->layout >= ctx->n_layouts ||
+        (p->layout > 0 && ctx->layouts[p->layout].tp != q->tp))
+        return loom__error(LOOM_ERR_INTERNAL, "autodist: layout %d is not one for tp=%d",
+                           p->layout, q->tp);
+    const ad_layout *lay = &ctx->layouts[p->layout];
+    q->layout = lay->description;
+    q->constraints = lay->constraints;
+    const ad_parts *plain = loom__ad_parts(ctx, q->tp, q->micro_batch, variant, p->layout,
+                                           piped);
     const ad_parts *full = q->recompute == LOOM_RECOMPUTE_FULL && variant == AD_VARIANT_NONE
-                               ? loom__ad_parts(ctx, q->tp, q->micro_batch, AD_VARIANT_FULL, piped)
+                               ? loom__ad_parts(ctx, q->tp, q->micro_batch, AD_VARIANT_FULL,
+                                                p->layout, piped)
                                : NULL;
     if (!plain || (q->recompute == LOOM_RECOMPUTE_FULL && variant == AD_VARIANT_NONE && !full))
         return LOOM_ERR_NOMEM;

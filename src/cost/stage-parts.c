@@ -93,6 +93,26 @@ static loom_status graph_seconds(ad_ctx *ctx, const loom_graph *g, int tp, sampl
     return LOOM_OK;
 }
 
+loom_status loom__ad_plan_seconds(ad_ctx *ctx, const loom_graph *global, loom_value loss,
+                                  loom_constraints_t constraints, int tp, double *seconds) {
+    loom_compute_config cc = loom_compute_config_default();
+    cc.policy = LOOM_POLICY_TP;
+    cc.constraints = constraints;
+    loom_plan plan;
+    loom_local_graph lg;
+    memset(&lg, 0, sizeof lg);
+    sample s;
+    memset(&s, 0, sizeof s);
+    loom_status st = loom__plan_create(global, &cc, tp, &ctx->model, NULL, &plan);
+    if (st < 0) return st;
+    st = loom__parallelize(global, loss, &plan, 0, 0, &lg);
+    if (st == 0) st = graph_seconds(ctx, lg.graph, tp, &s);
+    *seconds = s.forward_s + s.backward_s;
+    loom__local_graph_free(&lg);
+    loom__plan_free(&plan);
+    return st;
+}
+
 // Bytes of the parallel runtime's per-micro-batch token buffers for local graph g.
 static double staging_bytes(const loom_graph *g) {
     static const char *names[] = {"tokens", "targets", "positions", "loss_norm"};
@@ -163,7 +183,8 @@ static loom_status sample_rank(ad_ctx *ctx, const loom_graph *global, loom_value
 // The model with `layers` layers as a forward graph with its loss, planned for tp devices per
 // stage and `stages` pipeline stages of layers / stages layers each.
 static loom_status sample_model(ad_ctx *ctx, int layers, int stages, int tp, int micro_batch,
-                                const char *recompute, sample *out) {
+                                const char *recompute, loom_constraints_t constraints,
+                                sample *out) {
     loom_model_config m = ctx->model;
     m.n_layer = layers;
     loom_graph_t g = NULL;
@@ -174,7 +195,7 @@ static loom_status sample_model(ad_ctx *ctx, int layers, int stages, int tp, int
     loom_status st = loom__model_build_loss_graph(&m, g, micro_batch, ctx->cfg.seq, &loss);
     loom_compute_config cc = loom_compute_config_default();
     cc.policy = LOOM_POLICY_HYBRID;
-    cc.constraints = ctx->cfg.constraints;
+    cc.constraints = constraints;
     cc.pipeline_nstages = stages;
     char split[64] = "";
     for (int s = 0; s < stages; s++)
@@ -212,25 +233,30 @@ static void fit_part(const sample *one, const sample *two, ad_part *p) {
 // The parts of the stage kinds of `piped` plans (first, middle, last) or of unpipelined ones.
 static loom_status build_parts(ad_ctx *ctx, ad_parts *e, int piped) {
     const char *recompute = loom__ad_variant_spec(ctx, e->variant);
+    loom_constraints_t constraints = ctx->layouts[e->layout].constraints;
     if (!piped) {
         sample single[2];
         for (int k = 1; k <= 2; k++)
-            LOOM_CHECK(sample_model(ctx, k, 1, e->tp, e->micro_batch, recompute, &single[k - 1]));
+            LOOM_CHECK(sample_model(ctx, k, 1, e->tp, e->micro_batch, recompute, constraints,
+                                    &single[k - 1]));
         fit_part(&single[0], &single[1], &e->part[AD_SINGLE]);
         return LOOM_OK;
     }
     sample staged[2][3];
     for (int k = 1; k <= 2; k++)
-        LOOM_CHECK(sample_model(ctx, 3 * k, 3, e->tp, e->micro_batch, recompute, staged[k - 1]));
+        LOOM_CHECK(sample_model(ctx, 3 * k, 3, e->tp, e->micro_batch, recompute, constraints,
+                                staged[k - 1]));
     for (int r = 0; r < 3; r++) fit_part(&staged[0][r], &staged[1][r], &e->part[AD_FIRST + r]);
     return LOOM_OK;
 }
 
-// The cache entry for (tp, micro_batch, variant), created empty when there is none.
-static ad_parts *entry(ad_ctx *ctx, int tp, int micro_batch, int variant) {
+// The cache entry for (tp, micro_batch, variant, layout), created empty when there is none.
+static ad_parts *entry(ad_ctx *ctx, int tp, int micro_batch, int variant, int layout) {
     for (int i = 0; i < ctx->n_cache; i++) {
         ad_parts *e = ctx->cache[i];
-        if (e->tp == tp && e->micro_batch == micro_batch && e->variant == variant) return e;
+        if (e->tp == tp && e->micro_batch == micro_batch && e->variant == variant &&
+            e->layout == layout)
+            return e;
     }
     if (ctx->n_cache == ctx->cap_cache) {
         int cap = ctx->cap_cache ? 2 * ctx->cap_cache : 32;
@@ -242,13 +268,14 @@ static ad_parts *entry(ad_ctx *ctx, int tp, int micro_batch, int variant) {
     ad_parts *e = loom__calloc(1, sizeof *e);
     if (!e) return NULL;
     ctx->cache[ctx->n_cache++] = e;
-    e->tp = tp, e->micro_batch = micro_batch, e->variant = variant;
+    e->tp = tp, e->micro_batch = micro_batch, e->variant = variant, e->layout = layout;
     e->built[0] = e->built[1] = 0;
     return e;
 }
 
-const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant, int piped) {
-    ad_parts *e = entry(ctx, tp, micro_batch, variant);
+const ad_parts *loom__ad_parts(ad_ctx *ctx, int tp, int micro_batch, int variant, int layout,
+                               int piped) {
+    ad_parts *e = entry(ctx, tp, micro_batch, variant, layout);
     if (!e || e->status < 0 || e->built[piped != 0]) return e;
     loom__log_mute(1);  // a plan's warnings ("stays replicated") are for runs, not estimates
     e->status = build_parts(ctx, e, piped);

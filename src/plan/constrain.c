@@ -59,6 +59,17 @@ static int usable(const loom_plan *plan, const loom_graph *g, const loom_node *n
     return 1;
 }
 
+int loom__plan_usable(const loom_plan *plan, const loom_graph *g, const loom_node *n,
+                      const loom_strategy *s) {
+    int match[16], n_match = 0;
+    if (plan->constraints && plan->parts > 1) {
+        n_match = loom_constraints_find(plan->constraints, loom__op_def(n->op)->signature,
+                                        g->modules[n->module], match, 16);
+        if (n_match > 16) n_match = 16;
+    }
+    return usable(plan, g, n, match, n_match, s);
+}
+
 loom_status loom__plan_constrain(const loom_plan *plan, const loom_graph *g, const loom_node *n,
                                  loom_strategy *s) {
     if (!plan->constraints || plan->parts == 1) return LOOM_OK;

@@ -725,6 +725,43 @@ loom_status loom_constraints_load(const char *path, loom_constraints_t *out) {
     return st;
 }
 
+loom_status loom_constraints_create(const loom_partition_constraint *items, int n,
+                                    loom_constraints_t *out) {
+    if (out) *out = NULL;
+    if (!out || n < 0 || (n > 0 && !items))
+        return loom__error(LOOM_ERR_INVALID, "loom_constraints_create: NULL out or items, or "
+                           "n < 0");
+    for (int i = 0; i < n; i++)
+        if (!items[i].name || (items[i].n_allowed > 0 && !items[i].allowed))
+            return loom__error(LOOM_ERR_INVALID, "loom_constraints_create: entry %d has no %s",
+                               i, items[i].name ? "allowed dims for its n_allowed" : "name");
+    struct loom_constraints *c = loom__calloc(1, sizeof *c);
+    if (!c) return LOOM_ERR_NOMEM;
+    c->items = n ? loom__calloc((size_t)n, sizeof *c->items) : NULL;
+    if (n && !c->items) return loom_constraints_free(c), LOOM_ERR_NOMEM;
+    for (int i = 0; i < n; i++) {
+        loom_partition_constraint *d = &c->items[i];
+        c->n = i + 1;  // counted before filling, so a failure frees the partial entry
+        *d = items[i];
+        d->parent_module = NULL, d->allowed = NULL;
+        d->name = loom__strdup(items[i].name);
+        if (items[i].parent_module && items[i].parent_module[0])
+            d->parent_module = loom__strdup(items[i].parent_module);
+        if (items[i].n_allowed > 0) {
+            loom_partition_dim *a = loom__malloc((size_t)items[i].n_allowed * sizeof *a);
+            if (a) memcpy(a, items[i].allowed, (size_t)items[i].n_allowed * sizeof *a);
+            d->allowed = a;
+        }
+        if (!d->name || (items[i].parent_module && items[i].parent_module[0] &&
+                         !d->parent_module) || (items[i].n_allowed > 0 && !d->allowed)) {
+            loom_constraints_free(c);
+            return LOOM_ERR_NOMEM;
+        }
+    }
+    *out = c;
+    return LOOM_OK;
+}
+
 int loom_constraints_count(loom_constraints_t c) { return c ? c->n : 0; }
 
 const loom_partition_constraint *loom_constraints_at(loom_constraints_t c, int i) {

@@ -90,6 +90,10 @@ void loom__plan_free(loom_plan *plan);
 // the op, its module and the constraint (file, line) when nothing is left.
 loom_status loom__plan_constrain(const loom_plan *plan, const loom_graph *g, const loom_node *n,
                                  loom_strategy *s);
+// Whether node n may take strategy s under the plan: its partition constraints allow it and its
+// placements divide the shapes over plan->parts ranks.
+int loom__plan_usable(const loom_plan *plan, const loom_graph *g, const loom_node *n,
+                      const loom_strategy *s);
 // Every constraint names an op of the op table (else an error naming the entry).
 loom_status loom__constraints_check(loom_constraints_t c);
 

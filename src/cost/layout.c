@@ -1,0 +1,401 @@
+// Per-op strategy search inside a stage: which strategy each op takes in a tensor-parallel group
+// (the family's Megatron table, replication, or a split along any dim its annotation allows),
+// found by coordinate descent over one layer of the model, every layer alike.
+//
+// A layout is a set of overrides of the table, each a partition constraint (op signature and
+// module suffix, allowing exactly the chosen split): the planner, the runtime and plan files then
+// follow it through the mechanism every policy already obeys.
+
+#include "cost/autodist-impl.h"
+
+#include "core/core.h"
+#include "ir/annotation.h"
+#include "models/family.h"
+#include "plan/plan.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+// A layout must beat the current one by this much to replace it: measured op times move by a
+// few percent from run to run, and the table is the layout people know.
+#define AD_LAYOUT_GAIN 0.03
+#define MAX_GROUPS 48
+#define MAX_CHOICES 8
+#define MAX_PASSES 3
+
+// ---- layouts --------------------------------------------------------------------------------
+
+static loom_status push_layout(ad_ctx *ctx, ad_layout *l, int *index) {
+    if (ctx->n_layouts == ctx->cap_layouts) {
+        int cap = ctx->cap_layouts ? 2 * ctx->cap_layouts : 4;
+        ad_layout *a = loom__realloc(ctx->layouts, (size_t)cap * sizeof *a);
+        if (!a) return LOOM_ERR_NOMEM;
+        ctx->layouts = a, ctx->cap_layouts = cap;
+    }
+    *index = ctx->n_layouts;
+    ctx->layouts[ctx->n_layouts++] = *l;
+    return LOOM_OK;
+}
+
+static void layout_free(ad_layout *l, int owned) {
+    for (int i = 0; i < l->n; i++) loom__free(l->ov[i].module);
+    loom__free(l->ov);
+    if (owned) loom_constraints_free(l->constraints);
+    loom__free(l->description);
+    memset(l, 0, sizeof *l);
+}
+
+loom_status loom__ad_layouts_init(ad_ctx *ctx) {
+    ad_layout table = {.tp = 0, .constraints = ctx->cfg.constraints,
+                       .description = loom__strdup("")};
+    ctx->searched = loom__calloc((size_t)ctx->cfg.devices + 1, sizeof(int));
+    if (!table.description || !ctx->searched) return loom__free(table.description), LOOM_ERR_NOMEM;
+    int index;
+    loom_status st = push_layout(ctx, &table, &index);
+    if (st < 0) loom__free(table.description);
+    return st;
+}
+
+void loom__ad_layouts_free(ad_ctx *ctx) {
+    for (int i = 0; i < ctx->n_layouts; i++) layout_free(&ctx->layouts[i], i > 0);
+    loom__free(ctx->layouts), loom__free(ctx->searched);
+    ctx->layouts = NULL, ctx->searched = NULL;
+    ctx->n_layouts = ctx->cap_layouts = 0;
+}
+
+// The user's constraints followed by one per override (allowing exactly its split).
+static loom_status layout_constraints(const ad_ctx *ctx, const ad_override *ov, int n,
+                                      loom_constraints_t *out) {
+    loom_constraints_t user = ctx->cfg.constraints;
+    int n_user = loom_constraints_count(user);
+    loom_partition_constraint *items = loom__calloc((size_t)(n_user + n) + 1, sizeof *items);
+    loom_partition_dim *dims = loom__calloc((size_t)n + 1, sizeof *dims);
+    if (!items || !dims) return loom__free(items), loom__free(dims), LOOM_ERR_NOMEM;
+    for (int i = 0; i < n_user; i++) items[i] = *loom_constraints_at(user, i);
+    for (int i = 0; i < n; i++) {
+        dims[i] = (loom_partition_dim){ov[i].input, ov[i].dim};
+        items[n_user + i] = (loom_partition_constraint){
+            .name = ov[i].op, .parent_module = ov[i].module, .n_allowed = ov[i].split ? 1 : 0,
+            .allowed = ov[i].split ? &dims[i] : NULL, .replica_allowed = !ov[i].split};
+    }
+    loom_status st = loom_constraints_create(items, n_user + n, out);
+    loom__free(items), loom__free(dims);
+    return st;
+}
+
+// "attn: split b; mlp.c_fc: replicated", naming the split by its annotation identifier.
+static char *describe(const ad_override *ov, const char *const *how, int n) {
+    size_t cap = 1;
+    for (int i = 0; i < n; i++) cap += strlen(ov[i].module) + strlen(how[i]) + 8;
+    char *d = loom__malloc(cap);
+    if (!d) return NULL;
+    size_t len = 0;
+    d[0] = '\0';
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(d + len, cap - len, "%s%s: %s", i ? "; " : "",
+                                ov[i].module[0] ? ov[i].module : "(top)", how[i]);
+    return d;
+}
+
+// Copies the overrides; `how` describes each (NULL: "split input I dim D" / "replicated").
+static loom_status add_layout(ad_ctx *ctx, int tp, const ad_override *ov, int n,
+                              const char *const *how, int *index) {
+    ad_layout l = {.tp = tp, .n = n};
+    l.ov = loom__calloc((size_t)n + 1, sizeof *l.ov);
+    char (*said)[48] = loom__calloc((size_t)n + 1, sizeof *said);
+    const char **words = loom__calloc((size_t)n + 1, sizeof *words);
+    loom_status st = l.ov && said && words ? LOOM_OK : LOOM_ERR_NOMEM;
+    for (int i = 0; st == 0 && i < n; i++) {
+        l.ov[i] = ov[i];
+        l.ov[i].module = loom__strdup(ov[i].module);
+        if (!l.ov[i].module) st = LOOM_ERR_NOMEM;
+        if (ov[i].split) snprintf(said[i], sizeof said[i], "split input %d dim %d", ov[i].input,
+                                  ov[i].dim);
+        else snprintf(said[i], sizeof said[i], "replicated");
+        words[i] = how && how[i] ? how[i] : said[i];
+    }
+    if (st == 0) st = layout_constraints(ctx, l.ov, n, &l.constraints);
+    if (st == 0 && !(l.description = describe(l.ov, words, n))) st = LOOM_ERR_NOMEM;
+    if (st == 0) st = push_layout(ctx, &l, index);
+    if (st < 0) layout_free(&l, 1);
+    loom__free(said), loom__free(words);
+    return st;
+}
+
+loom_status loom__ad_layout_add(ad_ctx *ctx, int tp, const ad_override *ov, int n, int *layout) {
+    *layout = 0;
+    if (n == 0) return LOOM_OK;
+    for (int i = 0; i < n; i++) {
+        int known = 0;
+        for (int op = 0; op < LOOM_OP_COUNT && !known; op++)
+            known = !strcmp(loom__op_def((loom_op)op)->signature, ov[i].op);
+        if (!known)
+            return loom__error(LOOM_ERR_INVALID, "layout entry %d: unknown op '%s'", i, ov[i].op);
+    }
+    return add_layout(ctx, tp, ov, n, NULL, layout);
+}
+
+// ---- the search -----------------------------------------------------------------------------
+
+// One choice for a group: the table's strategy (no override) or an override, and its words.
+typedef struct choice {
+    int table;
+    ad_override ov;       // module and op filled from the group
+    char how[48];
+} choice;
+
+// The ops of one signature under one module suffix: they take the same strategy.
+typedef struct group {
+    char module[128];     // the suffix inside a layer ("attn.c_attn") or the whole path
+    const char *op;
+    int block;            // groups of one block move together ("attn", "mlp", outside layers)
+    int n_choices;
+    choice choices[MAX_CHOICES];
+    int batch;            // the choice splitting input 0 along dim 0, -1 when none
+} group;
+
+typedef struct layout_search {
+    ad_ctx *ctx;
+    int tp;
+    loom_graph_t g;
+    loom_value loss;
+    int n_groups;
+    group groups[MAX_GROUPS];
+    char blocks[MAX_GROUPS][64];
+    int n_blocks;
+    int64_t evaluated;
+} layout_search;
+
+// The module of node n inside its layer ("attn.c_attn" of "h.0.attn.c_attn"), "" for the layer
+// module itself, or the whole path (outside the layers); 0 when it cannot name a group.
+static int group_module(const ad_ctx *ctx, const char *path, char *out, size_t cap, int *inside) {
+    char layer0[64];
+    snprintf(layer0, sizeof layer0, ctx->layer_format, 0);
+    size_t n = strlen(layer0);
+    *inside = strncmp(path, layer0, n) == 0 && (path[n] == '.' || path[n] == '\0');
+    const char *m = *inside ? path + n + (path[n] == '.') : path;
+    if (!m[0] || strlen(m) >= cap) return 0;  // the layer itself: not every layer's alike
+    snprintf(out, cap, "%s", m);
+    return 1;
+}
+
+static int block_of(layout_search *ls, const char *module, int inside) {
+    char name[64];
+    if (!inside) snprintf(name, sizeof name, "(outside layers)");
+    else snprintf(name, sizeof name, "%.*s", (int)strcspn(module, "."), module);
+    for (int b = 0; b < ls->n_blocks; b++)
+        if (!strcmp(ls->blocks[b], name)) return b;
+    snprintf(ls->blocks[ls->n_blocks], sizeof ls->blocks[0], "%s", name);
+    return ls->n_blocks++;
+}
+
+static int same_strategy(const loom_strategy *a, const loom_strategy *b) {
+    return a->id == b->id && a->star_dim == b->star_dim && a->chunks == b->chunks;
+}
+
+// Words for a split: the annotation identifier it splits ("split b", "split n").
+static void split_words(const loom_node *n, const loom_strategy *s, char *buf, size_t cap) {
+    loom_annotation ann;
+    if (s->id >= 0 && loom__ann_parse(loom__op_def(n->op)->annotation, &ann) == 0)
+        snprintf(buf, cap, "split %s", ann.ids[s->id].name);
+    else if (s->id == LOOM_SPLIT_STAR)
+        snprintf(buf, cap, "split %s", s->star_dim == 0 ? "batch" : "sequence");
+    else
+        snprintf(buf, cap, "split");
+}
+
+// The choices of node n: the table's strategy, replication, and every split of an (input, dim)
+// that the constraints allow and the shapes divide, each once.
+static void add_choices(layout_search *ls, const loom_plan *plan, const loom_node *n, group *gr) {
+    loom_strategy seen[MAX_CHOICES];
+    int n_seen = 0;
+    gr->choices[gr->n_choices++] = (choice){.table = 1, .how = "table"};
+    seen[n_seen++] = plan->strategy[n - ls->g->nodes];
+    gr->batch = -1;
+    loom_strategy none = {LOOM_SPLIT_NONE, 0, 1};
+    for (int input = -1; input < n->n_in && gr->n_choices < MAX_CHOICES; input++) {
+        int ndim = input < 0 ? 1 : ls->g->values[n->in[input]].ndim;
+        for (int dim = 0; dim < ndim && gr->n_choices < MAX_CHOICES; dim++) {
+            loom_strategy s = none;
+            if (input >= 0 && loom__strategy_from_dim(ls->g, n, input, dim, ls->tp, &s) < 0) {
+                loom_clear_error();
+                continue;
+            }
+            int dup = 0;
+            for (int k = 0; k < n_seen && !dup; k++) dup = same_strategy(&seen[k], &s);
+            if (dup || !loom__plan_usable(plan, ls->g, n, &s)) continue;
+            choice c = {.ov = {.module = gr->module, .op = gr->op}};
+            if (s.id == LOOM_SPLIT_NONE) {
+                snprintf(c.how, sizeof c.how, "replicated");
+            } else {
+                // The (input, dim) a constraint names for it must lead back to it.
+                int in = 0, d = 0;
+                loom_strategy back;
+                if (!loom__strategy_split_dim(ls->g, n, &s, ls->tp, &in, &d) ||
+                    loom__strategy_from_dim(ls->g, n, in, d, ls->tp, &back) < 0 ||
+                    !same_strategy(&back, &s)) {
+                    loom_clear_error();
+                    continue;
+                }
+                c.ov.split = 1, c.ov.input = in, c.ov.dim = d;
+                split_words(n, &s, c.how, sizeof c.how);
+                if (in == 0 && d == 0) gr->batch = gr->n_choices;
+            }
+            seen[n_seen++] = s;
+            gr->choices[gr->n_choices++] = c;
+        }
+    }
+}
+
+// The groups of the one-layer model: ops the table gives a strategy of their own (the others
+// follow their inputs), by module suffix and signature, each naming exactly its ops.
+static loom_status find_groups(layout_search *ls) {
+    ad_ctx *ctx = ls->ctx;
+    loom_compute_config cc = loom_compute_config_default();
+    cc.policy = LOOM_POLICY_TP;
+    cc.constraints = ctx->cfg.constraints;
+    loom_plan plan;
+    LOOM_CHECK(loom__plan_create(ls->g, &cc, ls->tp, &ctx->model, NULL, &plan));
+    const loom_graph *g = ls->g;
+    for (int i = 0; i < g->n_nodes && ls->n_groups < MAX_GROUPS; i++) {
+        const loom_node *n = &g->nodes[i];
+        if (n->backward || plan.strategy[i].id == LOOM_SPLIT_FOLLOW ||
+            plan.strategy[i].id == LOOM_SPLIT_QHEADS)
+            continue;
+        group *gr = &ls->groups[ls->n_groups];
+        memset(gr, 0, sizeof *gr);
+        int inside = 0;
+        if (!group_module(ctx, g->modules[n->module], gr->module, sizeof gr->module, &inside))
+            continue;
+        gr->op = loom__op_def(n->op)->signature;
+        int dup = 0;
+        for (int k = 0; k < ls->n_groups && !dup; k++)
+            dup = !strcmp(ls->groups[k].module, gr->module) && ls->groups[k].op == gr->op;
+        if (dup) continue;
+        // Every op the override would reach must be one the table splits like this one.
+        int exact = 1;
+        for (int j = 0; j < g->n_nodes && exact; j++) {
+            const loom_node *m = &g->nodes[j];
+            if (m->backward || loom__op_def(m->op)->signature != gr->op ||
+                !loom_module_matches(g->modules[m->module], gr->module))
+                continue;
+            exact = same_strategy(&plan.strategy[j], &plan.strategy[i]) &&
+                    !strcmp(g->modules[m->module], g->modules[n->module]);
+        }
+        if (!exact) continue;
+        gr->block = block_of(ls, gr->module, inside);
+        add_choices(ls, &plan, n, gr);
+        if (gr->n_choices > 1) ls->n_groups++;
+    }
+    loom__plan_free(&plan);
+    return LOOM_OK;
+}
+
+// Seconds of one micro-batch of the one-layer model under choices `pick` (per group).
+static double evaluate(layout_search *ls, const int *pick) {
+    ad_override ov[MAX_GROUPS];
+    int n = 0;
+    for (int k = 0; k < ls->n_groups; k++)
+        if (!ls->groups[k].choices[pick[k]].table) ov[n++] = ls->groups[k].choices[pick[k]].ov;
+    loom_constraints_t c = NULL;
+    double seconds = INFINITY;
+    ls->evaluated++;
+    if (layout_constraints(ls->ctx, ov, n, &c) < 0 ||
+        loom__ad_plan_seconds(ls->ctx, ls->g, ls->loss, c, ls->tp, &seconds) < 0)
+        seconds = INFINITY;  // a layout the shapes or the lowering refuse
+    loom_clear_error();
+    loom_constraints_free(c);
+    return seconds;
+}
+
+// Improve `pick` one group at a time, then one block at a time (all of it to the table or all
+// split by batch), while a move gains AD_LAYOUT_GAIN; returns its time.
+static double descend(layout_search *ls, int *pick, double t) {
+    int trial[MAX_GROUPS];
+    for (int pass = 0; pass < MAX_PASSES; pass++) {
+        int moved = 0;
+        for (int k = 0; k < ls->n_groups; k++)
+            for (int c = 0; c < ls->groups[k].n_choices; c++) {
+                if (c == pick[k]) continue;
+                memcpy(trial, pick, sizeof trial);
+                trial[k] = c;
+                double u = evaluate(ls, trial);
+                if (u < t * (1 - AD_LAYOUT_GAIN)) memcpy(pick, trial, sizeof trial), t = u, moved = 1;
+            }
+        for (int b = 0; b < ls->n_blocks; b++)
+            for (int to_batch = 0; to_batch <= 1; to_batch++) {
+                memcpy(trial, pick, sizeof trial);
+                int changed = 0;
+                for (int k = 0; k < ls->n_groups; k++) {
+                    if (ls->groups[k].block != b) continue;
+                    int c = to_batch ? ls->groups[k].batch : 0;
+                    if (c >= 0 && c != trial[k]) trial[k] = c, changed = 1;
+                }
+                if (!changed) continue;
+                double u = evaluate(ls, trial);
+                if (u < t * (1 - AD_LAYOUT_GAIN)) memcpy(pick, trial, sizeof trial), t = u, moved = 1;
+            }
+        if (!moved) break;
+    }
+    return t;
+}
+
+// The fastest layout from two starts, the table and every group split by batch; registered
+// when it beats the table.
+static loom_status search_layout(layout_search *ls, int *layout) {
+    *layout = 0;
+    int table[MAX_GROUPS] = {0}, batch[MAX_GROUPS] = {0};
+    for (int k = 0; k < ls->n_groups; k++) batch[k] = ls->groups[k].batch >= 0
+                                                          ? ls->groups[k].batch : 0;
+    double t_table = evaluate(ls, table);
+    if (!isfinite(t_table)) return LOOM_OK;  // this tp cannot split the model: parts say why
+    double a = descend(ls, table, t_table);
+    double b = descend(ls, batch, evaluate(ls, batch));
+    int *best = b < a ? batch : table;
+    if (fmin(a, b) >= t_table * (1 - AD_LAYOUT_GAIN)) return LOOM_OK;
+    ad_override ov[MAX_GROUPS];
+    const char *how[MAX_GROUPS];
+    int n = 0;
+    for (int k = 0; k < ls->n_groups; k++) {
+        const choice *c = &ls->groups[k].choices[best[k]];
+        if (c->table) continue;
+        ov[n] = c->ov;
+        how[n++] = c->how;
+    }
+    return add_layout(ls->ctx, ls->tp, ov, n, how, layout);
+}
+
+loom_status loom__ad_layout_search(ad_ctx *ctx, int tp, int micro_batch, int *layout) {
+    *layout = 0;
+    if (tp <= 1 || !ctx->cfg.op_search || tp > ctx->cfg.devices) return LOOM_OK;
+    if (ctx->searched[tp]) {
+        *layout = ctx->searched[tp] > 0 ? ctx->searched[tp] : 0;
+        return LOOM_OK;
+    }
+    layout_search *ls = loom__calloc(1, sizeof *ls);
+    if (!ls) return LOOM_ERR_NOMEM;
+    ls->ctx = ctx, ls->tp = tp;
+    loom_model_config m = ctx->model;
+    m.n_layer = 1;
+    // Layouts are compared by the spec's roofline: measuring every shape each of them makes
+    // would take minutes. The plans built from the winner and the table are then costed like
+    // any other (measured, where the search measures), so a roofline mistake costs nothing.
+    int measured = ctx->measured;
+    ctx->measured = 0;
+    loom_status st = loom_graph_create(&ls->g);
+    loom__log_mute(1);  // warnings of the layouts tried are not the run's
+    if (st == 0) st = loom__model_build_loss_graph(&m, ls->g, micro_batch, ctx->cfg.seq, &ls->loss);
+    if (st == 0) st = find_groups(ls);
+    if (st == 0 && ls->n_groups > 0) st = search_layout(ls, layout);
+    loom__log_mute(0);
+    ctx->measured = measured;
+    if (st < 0 && st != LOOM_ERR_NOMEM) {  // the table cannot split it: the parts will say why
+        loom_clear_error();
+        st = LOOM_OK;
+    }
+    ctx->searched[tp] = *layout > 0 ? *layout : -1;
+    loom_graph_destroy(ls->g);
+    loom__free(ls);
+    return st;
+}
