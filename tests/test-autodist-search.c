@@ -684,7 +684,9 @@ static void partition_constraints(void) {
     CHECK_OK(loom_constraints_parse(yaml, strlen(yaml), "no-split.yaml", &cons));
     loom_autodist_config ac = h100(2, 8, 1024, 0);
     ac.tp = 2;
+    ac.op_search = 0;  // the family's table: Megatron's splits, which the constraints forbid
     loom_autodist_t free_ad = search_ok(&m, &ac, "gpt2 tp 2");
+    ac.op_search = 1;  // whatever the per-op search tries must keep to the constraints too
     ac.constraints = cons;
     loom_autodist_t kept = search_ok(&m, &ac, "gpt2 tp 2 with matmuls unsplit");
     if (free_ad && kept) {

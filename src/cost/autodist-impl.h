@@ -90,8 +90,10 @@ typedef struct ad_ctx {
     int n_cache, cap_cache;
     ad_layout *layouts;               // [0]: the family's table
     int n_layouts, cap_layouts;
-    int *searched;                    // per tp: the layout the per-op search found (-1: none,
-                                      // 0: not searched yet), indexed by tp (devices + 1)
+    struct ad_searched {              // the per-op search's answers: layout for (tp, b)
+        int tp, micro_batch, layout;
+    } *searched;
+    int n_searched, cap_searched;
 } ad_ctx;
 
 // Check `cfg` and fill ctx with it, defaults resolved (device spec, memory limit, precision,
@@ -103,9 +105,9 @@ loom_status loom__ad_resolve(ad_ctx *ctx, const loom_model_config *model,
 
 // Layout 0 (the family's table, with the user's constraints). Called by loom__ad_resolve.
 loom_status loom__ad_layouts_init(ad_ctx *ctx);
-// The layout the per-op search finds for tp at micro-batch b (searched once per tp, on first
-// use; later calls return it for any b): its index, or 0 when nothing beats the family's table
-// (or the search is off, or tp is 1). Errors: LOOM_ERR_NOMEM only.
+// The layout the per-op search finds for tp at micro-batch b (searched once, then remembered;
+// equal layouts found for several b share one index): its index, or 0 when nothing beats the
+// family's table (or the search is off, or tp is 1). Errors: LOOM_ERR_NOMEM only.
 loom_status loom__ad_layout_search(ad_ctx *ctx, int tp, int micro_batch, int *layout);
 // Register the layout with these overrides for tp (a plan file's); its index in *layout.
 // Errors name the override that is not a known op (LOOM_ERR_INVALID) or LOOM_ERR_NOMEM.

@@ -49,8 +49,7 @@ static void layout_free(ad_layout *l, int owned) {
 loom_status loom__ad_layouts_init(ad_ctx *ctx) {
     ad_layout table = {.tp = 0, .constraints = ctx->cfg.constraints,
                        .description = loom__strdup("")};
-    ctx->searched = loom__calloc((size_t)ctx->cfg.devices + 1, sizeof(int));
-    if (!table.description || !ctx->searched) return loom__free(table.description), LOOM_ERR_NOMEM;
+    if (!table.description) return LOOM_ERR_NOMEM;
     int index;
     loom_status st = push_layout(ctx, &table, &index);
     if (st < 0) loom__free(table.description);
@@ -61,7 +60,7 @@ void loom__ad_layouts_free(ad_ctx *ctx) {
     for (int i = 0; i < ctx->n_layouts; i++) layout_free(&ctx->layouts[i], i > 0);
     loom__free(ctx->layouts), loom__free(ctx->searched);
     ctx->layouts = NULL, ctx->searched = NULL;
-    ctx->n_layouts = ctx->cap_layouts = 0;
+    ctx->n_layouts = ctx->cap_layouts = ctx->n_searched = ctx->cap_searched = 0;
 }
 
 // The user's constraints followed by one per override (allowing exactly its split).
@@ -98,9 +97,25 @@ static char *describe(const ad_override *ov, const char *const *how, int n) {
     return d;
 }
 
-// Copies the overrides; `how` describes each (NULL: "split input I dim D" / "replicated").
+static int same_overrides(const ad_layout *l, const ad_override *ov, int n) {
+    if (l->n != n) return 0;
+    for (int i = 0; i < n; i++)
+        if (strcmp(l->ov[i].module, ov[i].module) || strcmp(l->ov[i].op, ov[i].op) ||
+            l->ov[i].split != ov[i].split ||
+            (ov[i].split && (l->ov[i].input != ov[i].input || l->ov[i].dim != ov[i].dim)))
+            return 0;
+    return 1;
+}
+
+// Copies the overrides; `how` describes each (NULL: "split input I dim D" / "replicated"). A
+// layout equal to one of tp's already registered is that one.
 static loom_status add_layout(ad_ctx *ctx, int tp, const ad_override *ov, int n,
                               const char *const *how, int *index) {
+    for (int k = 1; k < ctx->n_layouts; k++)
+        if (ctx->layouts[k].tp == tp && same_overrides(&ctx->layouts[k], ov, n)) {
+            *index = k;
+            return LOOM_OK;
+        }
     ad_layout l = {.tp = tp, .n = n};
     l.ov = loom__calloc((size_t)n + 1, sizeof *l.ov);
     char (*said)[48] = loom__calloc((size_t)n + 1, sizeof *said);
@@ -152,7 +167,11 @@ typedef struct group {
     int block;            // groups of one block move together ("attn", "mlp", outside layers)
     int n_choices;
     choice choices[MAX_CHOICES];
+    int base;             // the table's choice, or replication where the table cannot split an
+                          // op of the block
+    int replicate;        // the choice replicating it, -1 when the constraints forbid it
     int batch;            // the choice splitting input 0 along dim 0, -1 when none
+    int unsplittable;     // the table cannot split it
 } group;
 
 typedef struct layout_search {
@@ -164,6 +183,7 @@ typedef struct layout_search {
     group groups[MAX_GROUPS];
     char blocks[MAX_GROUPS][64];
     int n_blocks;
+    int unsplittable;     // some op the table cannot split: the table alone is no layout
     int64_t evaluated;
 } layout_search;
 
@@ -205,15 +225,20 @@ static void split_words(const loom_node *n, const loom_strategy *s, char *buf, s
         snprintf(buf, cap, "split");
 }
 
-// The choices of node n: the table's strategy, replication, and every split of an (input, dim)
-// that the constraints allow and the shapes divide, each once.
-static void add_choices(layout_search *ls, const loom_plan *plan, const loom_node *n, group *gr) {
+// The choices of node n: the table's strategy (unless the table cannot split it), replication,
+// and every split of an (input, dim) that the constraints allow and the shapes divide, each once.
+static void add_choices(layout_search *ls, const loom_plan *plan, const loom_node *n,
+                        int unsplittable, group *gr) {
     loom_strategy seen[MAX_CHOICES];
     int n_seen = 0;
-    gr->choices[gr->n_choices++] = (choice){.table = 1, .how = "table"};
-    seen[n_seen++] = plan->strategy[n - ls->g->nodes];
-    gr->batch = -1;
+    if (!unsplittable) {
+        gr->choices[gr->n_choices++] = (choice){.table = 1, .how = "table"};
+        seen[n_seen++] = plan->strategy[n - ls->g->nodes];
+    }
+    gr->base = 0;
+    gr->batch = gr->replicate = -1;
     loom_strategy none = {LOOM_SPLIT_NONE, 0, 1};
+    // input -1 stands for replication (no input split).
     for (int input = -1; input < n->n_in && gr->n_choices < MAX_CHOICES; input++) {
         int ndim = input < 0 ? 1 : ls->g->values[n->in[input]].ndim;
         for (int dim = 0; dim < ndim && gr->n_choices < MAX_CHOICES; dim++) {
@@ -228,6 +253,7 @@ static void add_choices(layout_search *ls, const loom_plan *plan, const loom_nod
             choice c = {.ov = {.module = gr->module, .op = gr->op}};
             if (s.id == LOOM_SPLIT_NONE) {
                 snprintf(c.how, sizeof c.how, "replicated");
+                gr->replicate = gr->n_choices;
             } else {
                 // The (input, dim) a constraint names for it must lead back to it.
                 int in = 0, d = 0;
@@ -256,8 +282,11 @@ static loom_status find_groups(layout_search *ls) {
     cc.policy = LOOM_POLICY_TP;
     cc.constraints = ctx->cfg.constraints;
     loom_plan plan;
-    LOOM_CHECK(loom__plan_create(ls->g, &cc, ls->tp, &ctx->model, NULL, &plan));
     const loom_graph *g = ls->g;
+    uint8_t *unsplittable = loom__malloc((size_t)g->n_nodes + 1);
+    if (!unsplittable) return LOOM_ERR_NOMEM;
+    loom_status st = loom__plan_create_relaxed(g, &cc, ls->tp, &ctx->model, unsplittable, &plan);
+    if (st < 0) return loom__free(unsplittable), st;
     for (int i = 0; i < g->n_nodes && ls->n_groups < MAX_GROUPS; i++) {
         const loom_node *n = &g->nodes[i];
         if (n->backward || plan.strategy[i].id == LOOM_SPLIT_FOLLOW ||
@@ -285,11 +314,26 @@ static loom_status find_groups(layout_search *ls) {
         }
         if (!exact) continue;
         gr->block = block_of(ls, gr->module, inside);
-        add_choices(ls, &plan, n, gr);
-        if (gr->n_choices > 1) ls->n_groups++;
+        add_choices(ls, &plan, n, unsplittable[i], gr);
+        gr->unsplittable = unsplittable[i];
+        ls->unsplittable |= unsplittable[i];
+        if (gr->n_choices > 1 || unsplittable[i]) ls->n_groups++;
     }
     loom__plan_free(&plan);
-    return LOOM_OK;
+    loom__free(unsplittable);
+    // Where the table cannot split an op, its block starts replicated: the table's splits
+    // around it (projections into heads that do not divide) would not divide either.
+    for (int k = 0; k < ls->n_groups; k++) {
+        group *gr = &ls->groups[k];
+        for (int j = 0; j < ls->n_groups; j++)
+            if (ls->groups[j].unsplittable && ls->groups[j].block == gr->block &&
+                gr->replicate >= 0)
+                gr->base = gr->replicate;
+        if (gr->unsplittable && gr->base != gr->replicate)
+            st = loom__error(LOOM_ERR_SHAPE, "the table cannot split %s in '%s' and the "
+                             "constraints forbid replicating it", gr->op, gr->module);
+    }
+    return st;
 }
 
 // Seconds of one micro-batch of the one-layer model under choices `pick` (per group).
@@ -309,8 +353,8 @@ static double evaluate(layout_search *ls, const int *pick) {
     return seconds;
 }
 
-// Improve `pick` one group at a time, then one block at a time (all of it to the table or all
-// split by batch), while a move gains AD_LAYOUT_GAIN; returns its time.
+// Improve `pick` one group at a time, then one block at a time (all of it to the table's choice
+// or all split by batch), while a move gains AD_LAYOUT_GAIN; returns its time.
 static double descend(layout_search *ls, int *pick, double t) {
     int trial[MAX_GROUPS];
     for (int pass = 0; pass < MAX_PASSES; pass++) {
@@ -329,7 +373,7 @@ static double descend(layout_search *ls, int *pick, double t) {
                 int changed = 0;
                 for (int k = 0; k < ls->n_groups; k++) {
                     if (ls->groups[k].block != b) continue;
-                    int c = to_batch ? ls->groups[k].batch : 0;
+                    int c = to_batch ? ls->groups[k].batch : ls->groups[k].base;
                     if (c >= 0 && c != trial[k]) trial[k] = c, changed = 1;
                 }
                 if (!changed) continue;
@@ -341,19 +385,48 @@ static double descend(layout_search *ls, int *pick, double t) {
     return t;
 }
 
-// The fastest layout from two starts, the table and every group split by batch; registered
-// when it beats the table.
+// The picks that make layout l (a registered one of this tp): each group's choice equal to
+// l's override of it, else its base. 0 when l overrides an op no group offers that way.
+static int picks_of(const layout_search *ls, const ad_layout *l, int *pick) {
+    int matched = 0;
+    for (int k = 0; k < ls->n_groups; k++) {
+        const group *gr = &ls->groups[k];
+        pick[k] = gr->base;
+        for (int i = 0; i < l->n; i++) {
+            const ad_override *o = &l->ov[i];
+            if (strcmp(o->module, gr->module) || strcmp(o->op, gr->op)) continue;
+            for (int c = 0; c < gr->n_choices; c++) {
+                const ad_override *v = &gr->choices[c].ov;
+                if (!gr->choices[c].table && v->split == o->split &&
+                    (!o->split || (v->input == o->input && v->dim == o->dim)))
+                    pick[k] = c, matched++;
+            }
+        }
+    }
+    return matched == l->n;
+}
+
+// The fastest layout from the table, every group split by batch, and the layouts found for
+// this tp at other micro-batch sizes (coordinate descent finds local optima: more starts, fewer
+// misses); registered when it beats the table (or the table cannot split some op).
 static loom_status search_layout(layout_search *ls, int *layout) {
     *layout = 0;
-    int table[MAX_GROUPS] = {0}, batch[MAX_GROUPS] = {0};
-    for (int k = 0; k < ls->n_groups; k++) batch[k] = ls->groups[k].batch >= 0
-                                                          ? ls->groups[k].batch : 0;
-    double t_table = evaluate(ls, table);
+    int best[MAX_GROUPS], pick[MAX_GROUPS];
+    for (int k = 0; k < ls->n_groups; k++) best[k] = ls->groups[k].base;
+    double t_table = evaluate(ls, best), t_best = descend(ls, best, t_table);
     if (!isfinite(t_table)) return LOOM_OK;  // this tp cannot split the model: parts say why
-    double a = descend(ls, table, t_table);
-    double b = descend(ls, batch, evaluate(ls, batch));
-    int *best = b < a ? batch : table;
-    if (fmin(a, b) >= t_table * (1 - AD_LAYOUT_GAIN)) return LOOM_OK;
+    for (int start = 0; start <= ls->ctx->n_layouts; start++) {
+        if (start == 0) {
+            for (int k = 0; k < ls->n_groups; k++)
+                pick[k] = ls->groups[k].batch >= 0 ? ls->groups[k].batch : ls->groups[k].base;
+        } else {
+            const ad_layout *l = &ls->ctx->layouts[start - 1];
+            if (start == 1 || l->tp != ls->tp || !picks_of(ls, l, pick)) continue;
+        }
+        double t = descend(ls, pick, evaluate(ls, pick));
+        if (t < t_best) t_best = t, memcpy(best, pick, sizeof best);
+    }
+    if (!ls->unsplittable && t_best >= t_table * (1 - AD_LAYOUT_GAIN)) return LOOM_OK;
     ad_override ov[MAX_GROUPS];
     const char *how[MAX_GROUPS];
     int n = 0;
@@ -368,10 +441,17 @@ static loom_status search_layout(layout_search *ls, int *layout) {
 
 loom_status loom__ad_layout_search(ad_ctx *ctx, int tp, int micro_batch, int *layout) {
     *layout = 0;
-    if (tp <= 1 || !ctx->cfg.op_search || tp > ctx->cfg.devices) return LOOM_OK;
-    if (ctx->searched[tp]) {
-        *layout = ctx->searched[tp] > 0 ? ctx->searched[tp] : 0;
-        return LOOM_OK;
+    if (tp <= 1 || !ctx->cfg.op_search) return LOOM_OK;
+    for (int i = 0; i < ctx->n_searched; i++)
+        if (ctx->searched[i].tp == tp && ctx->searched[i].micro_batch == micro_batch) {
+            *layout = ctx->searched[i].layout;
+            return LOOM_OK;
+        }
+    if (ctx->n_searched == ctx->cap_searched) {
+        int cap = ctx->cap_searched ? 2 * ctx->cap_searched : 16;
+        struct ad_searched *a = loom__realloc(ctx->searched, (size_t)cap * sizeof *a);
+        if (!a) return LOOM_ERR_NOMEM;
+        ctx->searched = a, ctx->cap_searched = cap;
     }
     layout_search *ls = loom__calloc(1, sizeof *ls);
     if (!ls) return LOOM_ERR_NOMEM;
@@ -394,8 +474,9 @@ loom_status loom__ad_layout_search(ad_ctx *ctx, int tp, int micro_batch, int *la
         loom_clear_error();
         st = LOOM_OK;
     }
-    ctx->searched[tp] = *layout > 0 ? *layout : -1;
+    ctx->searched[ctx->n_searched++] = (struct ad_searched){tp, micro_batch, *layout};
     loom_graph_destroy(ls->g);
     loom__free(ls);
     return st;
 }
+

@@ -84,6 +84,13 @@ typedef struct loom_plan {
 loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc, int parts,
                               const loom_model_config *cfg, const double *node_cost,
                               loom_plan *plan);
+// As loom__plan_create (tp and hybrid), except that an op the family's table cannot split over
+// `parts` (heads that do not divide) is replicated and marked in unsplittable[node] (n_nodes
+// bytes) instead of failing: where the per-op search starts. Without this, a table that cannot
+// split an op fails the plan unless partition constraints name the op (they then decide).
+loom_status loom__plan_create_relaxed(const loom_graph *g, const loom_compute_config *cc,
+                                      int parts, const loom_model_config *cfg,
+                                      uint8_t *unsplittable, loom_plan *plan);
 void loom__plan_free(loom_plan *plan);
 // Make `s` obey the plan's partition constraints for node `n`: keep it when allowed, else the
 // first allowed partition dim that splits legally, else replication when allowed. Fails naming

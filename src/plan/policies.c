@@ -93,9 +93,29 @@ static loom_status custom_strategy(const loom_graph *g, const loom_node *n, int 
     return st;
 }
 
-loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc, int parts,
-                              const loom_model_config *cfg, const double *node_cost,
-                              loom_plan *plan) {
+// The table's strategy for node n, or when the table cannot split it: replication, marked in
+// unsplittable[i] when the caller asked (the per-op search), or left to the partition constraints
+// that name the op (an op they allow to be replicated or split otherwise); else the error.
+static loom_status table_strategy(const loom_plan *plan, const loom_graph *g, int i,
+                                  const loom_tp_rule *r, const loom_model_config *cfg,
+                                  uint8_t *unsplittable, loom_strategy *s) {
+    const loom_node *n = &g->nodes[i];
+    loom_status st = tp_strategy(g, n, r, plan->parts, cfg, s);
+    if (st >= 0) return st;
+    int named = loom_constraints_find(plan->constraints, loom__op_def(n->op)->signature,
+                                      g->modules[n->module], NULL, 0) > 0;
+    if (!unsplittable && !named) return st;
+    if (unsplittable) unsplittable[i] = 1;
+    else loom__log(LOOM_LOG_DEBUG, "%s; the partition constraints decide instead",
+                   loom_last_error());
+    loom_clear_error();
+    *s = (loom_strategy){LOOM_SPLIT_NONE, 0, 1};
+    return LOOM_OK;
+}
+
+static loom_status create(const loom_graph *g, const loom_compute_config *cc, int parts,
+                          const loom_model_config *cfg, const double *node_cost,
+                          uint8_t *unsplittable, loom_plan *plan) {
     memset(plan, 0, sizeof *plan);
     // Inside a stage, pp replicates every op and hybrid splits them as tp does.
     loom_policy_kind policy = cc->policy == LOOM_POLICY_PP       ? LOOM_POLICY_DP
@@ -157,7 +177,7 @@ loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc
                 if (strcmp(r->signature, loom__op_def(n->op)->signature) != 0 ||
                     (r->module[0] && !loom_module_matches(g->modules[n->module], r->module)))
                     continue;
-                loom_status st = tp_strategy(g, n, r, parts, cfg, &s);
+                loom_status st = table_strategy(plan, g, i, r, cfg, unsplittable, &s);
                 if (st < 0) return loom__plan_free(plan), st;
                 break;
             }
@@ -176,6 +196,19 @@ loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc
     loom__plan_file_free(file);
     if (st < 0) loom__plan_free(plan);
     return st;
+}
+
+loom_status loom__plan_create(const loom_graph *g, const loom_compute_config *cc, int parts,
+                              const loom_model_config *cfg, const double *node_cost,
+                              loom_plan *plan) {
+    return create(g, cc, parts, cfg, node_cost, NULL, plan);
+}
+
+loom_status loom__plan_create_relaxed(const loom_graph *g, const loom_compute_config *cc,
+                                      int parts, const loom_model_config *cfg,
+                                      uint8_t *unsplittable, loom_plan *plan) {
+    memset(unsplittable, 0, (size_t)g->n_nodes);
+    return create(g, cc, parts, cfg, NULL, unsplittable, plan);
 }
 
 void loom__plan_free(loom_plan *plan) {
