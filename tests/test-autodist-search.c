@@ -88,6 +88,8 @@ static void describe(const loom_autodist_plan *p, char *buf, size_t cap) {
     snprintf(buf, cap, "tp%d pp%d dp%d x%d chunks, mb %d x %d, %s, recompute %s, zero %d",
              p->tp, p->pp, p->dp, p->chunks, p->micro_batch, p->num_micro_batches,
              loom_schedule_name(p->schedule), loom_recompute_mode_name(p->recompute), p->zero);
+    if (p->layout && p->layout[0])
+        snprintf(buf + strlen(buf), cap - strlen(buf), ", ops: %s", p->layout);
 }
 
 // The plan recomputes nothing: no recompute mode and no recompute_modules.
@@ -100,8 +102,15 @@ static int recomputes_nothing(const loom_autodist_config *c, const loom_autodist
 static void check_plan(const loom_model_config *m, loom_autodist_t ad, const loom_autodist_plan *p,
                        const char *what) {
     const loom_autodist_config *c = loom_autodist_get_config(ad);
-    char d[256];
+    char d[1024];
     describe(p, d, sizeof d);
+    // Per-op strategies: the table ("") or overrides carried by constraints, inside tp > 1.
+    int user = loom_constraints_count(c->constraints);
+    CHECK_MSG(p->layout && (p->layout[0] ? p->tp > 1 && loom_constraints_count(p->constraints) >
+                                                             user
+                                         : loom_constraints_count(p->constraints) == user),
+              "%s: %s, layout '%s' with %d constraints (user's %d)", what, d,
+              p->layout ? p->layout : "(null)", loom_constraints_count(p->constraints), user);
     // Devices, batch, stages.
     CHECK_MSG(p->tp >= 1 && p->pp >= 1 && p->dp >= 1 && p->tp * p->pp * p->dp == c->devices,
               "%s: %s on %d devices", what, d, c->devices);
@@ -122,8 +131,10 @@ static void check_plan(const loom_model_config *m, loom_autodist_t ad, const loo
         ok_ranks &= st->pipe_rank == s % p->pp && st->chunk == s / p->pp;
         ok_rc &= st->recompute_layers >= 0 && st->recompute_layers <= st->n_layers;
         if (recomputes_nothing(c, p)) ok_rc &= st->recompute_layers == 0;
-        // A backward does two matmuls for each of the forward's (and repeats recomputed ones).
-        ok_times &= st->forward_s > 0 && st->backward_s >= st->forward_s;
+        // A backward does two matmuls for each of the forward's (and repeats recomputed ones);
+        // other layouts than the table may gather in the forward what the backward only slices.
+        ok_times &= st->forward_s > 0 &&
+                    (p->layout[0] ? st->backward_s > 0 : st->backward_s >= st->forward_s);
     }
     CHECK_MSG(p->stages && ok_layers && layers == m->n_layer, "%s: %s: stages hold %d of %d "
               "layers (contiguous, >= 1 each: %d)", what, d, layers, m->n_layer, ok_layers);
@@ -561,6 +572,7 @@ static void invalid_settings(void) {
     INVALID(ac.max_partition_degree = -2, "max_partition_degree");
     INVALID(ac.keep = -1, "keep");
     INVALID(ac.threads = -1, "threads");
+    INVALID(ac.op_search = 2, "op_search");
 #undef INVALID
 }
 
@@ -583,6 +595,46 @@ static void max_partition_degree(void) {
     CHECK_MSG(bad == 0, "%d of %d alternatives have tp > 2", bad, n);
     CHECK_MSG(two > 0 || loom_autodist_best(ad)->tp == 2, "tp 2 itself was not searched");
     loom_autodist_free(ad);
+}
+
+// The per-op search only adds candidates: its best is never slower than the table's, and with
+// it off every plan keeps the table. GPT-2 small's 12 heads do not split in 8: the table alone
+// cannot use tp 8, the search can (replicating or batch-splitting the attention block).
+static void per_op_search(void) {
+    loom_model_config m = load_model("gpt2-small");
+    static const struct {
+        int devices, tp, batch;
+        double gb;
+    } cases[] = {{2, 2, 8, 0}, {8, 0, 16, 0}, {8, 0, 16, 2}, {8, 8, 16, 0}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        loom_autodist_config ac = h100(cases[k].devices, cases[k].batch, 1024, cases[k].gb);
+        ac.tp = cases[k].tp;
+        ac.keep = 1000;
+        char what[128];
+        snprintf(what, sizeof what, "gpt2 on %d h100, tp %d, %g GB", cases[k].devices,
+                 cases[k].tp, cases[k].gb);
+        loom_status st_on, st_off;
+        loom_autodist_t on = search(&m, &ac, &st_on, what);
+        ac.op_search = 0;
+        loom_autodist_t off = search(&m, &ac, &st_off, what);
+        if (cases[k].tp == 8) {  // 12 heads in 8 parts: only the per-op search finds a plan
+            CHECK_MSG(st_off == LOOM_ERR_SHAPE && strstr(search_msg, "heads"),
+                      "%s without the per-op search: %s", what, search_msg);
+            CHECK_MSG(st_on == LOOM_OK && on && loom_autodist_best(on)->layout[0] &&
+                      strstr(loom_autodist_best(on)->layout, "attn:"),
+                      "%s: %s", what, on ? loom_autodist_best(on)->layout : "no result");
+        } else if (on && off) {
+            const loom_autodist_plan *a = loom_autodist_best(on), *b = loom_autodist_best(off);
+            CHECK_MSG(a->step_time_s <= b->step_time_s, "%s: %g s with the per-op search, %g s "
+                      "with the table", what, a->step_time_s, b->step_time_s);
+            CHECK_MSG(!b->layout[0], "%s: layout '%s' with op_search 0", what, b->layout);
+            for (int i = 0; i < loom_autodist_n_alternatives(off); i++)
+                CHECK(!loom_autodist_alternative(off, i)->layout[0]);
+        }
+        if (cases[k].tp == 2 && on)  // gpt2 small on tp 2: its batch split beats Megatron
+            CHECK_MSG(loom_autodist_best(on)->layout[0], "%s: kept the table", what);
+        loom_autodist_free(on), loom_autodist_free(off);
+    }
 }
 
 static void pipeline_pivots(void) {
@@ -772,6 +824,7 @@ int main(void) {
     fixed_plan_reproduces();
     invalid_settings();
     max_partition_degree();
+    per_op_search();
     pipeline_pivots();
     recompute_modules();
     partition_constraints();

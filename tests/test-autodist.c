@@ -14,11 +14,14 @@
 
 // The plan autodist picks for fixed settings (op_search: 1 lets the per-op search change the
 // family's table), or NULL after a failed check.
-static loom_autodist_t fixed_plan(loom_family family, int tp, int pp, int dp, int micro_batch,
-                                  int batch, loom_recompute_mode recompute, int zero,
-                                  loom_schedule sched, int op_search, loom_autodist_config *ac) {
-    loom_model_config mc = small_model(family);
+static loom_autodist_t fixed_plan(const loom_model_config *model, int tp, int pp, int dp,
+                                  int micro_batch, int batch, loom_recompute_mode recompute,
+                                  int zero, loom_schedule sched, int op_search,
+                                  loom_autodist_config *ac) {
+    loom_model_config mc = *model;
+    int seq = ac->seq;
     *ac = small_job(tp * pp * dp);
+    if (seq > 0) ac->seq = seq;
     ac->global_batch = batch;
     ac->tp = tp, ac->pp = pp, ac->dp = dp, ac->micro_batch = micro_batch;
     ac->recompute = recompute;
@@ -76,9 +79,10 @@ static void check_runtime_memory(loom_autodist_t ad, const loom_autodist_config 
 static void check_memory(loom_family family, int tp, int pp, int dp, int micro_batch,
                          int batch, loom_recompute_mode recompute, int zero, loom_schedule sched,
                          double tol) {
-    loom_autodist_config ac;
-    loom_autodist_t ad = fixed_plan(family, tp, pp, dp, micro_batch, batch, recompute, zero,
-                                    sched, 0, &ac);
+    loom_autodist_config ac = {.seq = 0};
+    loom_model_config mc = small_model(family);
+    loom_autodist_t ad = fixed_plan(&mc, tp, pp, dp, micro_batch, batch, recompute, zero, sched, 0,
+                                    &ac);
     if (ad) check_runtime_memory(ad, &ac, tol);
     loom_autodist_free(ad);
 }
@@ -99,39 +103,48 @@ static void memory_model(void) {
     }
 }
 
-// Plans whose per-op strategies are not the family's table: LLaMA on tp 2 (the search replicates
-// ops whose split costs more than it saves) and GPT-2 on tp 4 (6 heads do not split in 4: the
-// table alone fails, the search replicates the attention block or splits it by batch). They must
-// hold what the memory model says and train exactly as one device does.
+// Plans whose per-op strategies are not the family's table: tiny models on tp 2 and 4, where
+// the search replicates ops whose split costs more than it saves (GPT-2's 6 heads do not even
+// split in 4: the table alone fails), and a LLaMA whose long sequences make a batch split of
+// every op faster. They must hold what the memory model says and train exactly as one device.
 static void layouts(void) {
     static const struct {
         loom_family family;
-        int tp, pp;
-    } cases[] = {{LOOM_FAMILY_LLAMA, 2, 1}, {LOOM_FAMILY_GPT2, 4, 1}, {LOOM_FAMILY_LLAMA, 2, 2}};
-    enum { BATCH = 8, SEQ = 32, STEPS = 3 };
-    static int32_t tokens[BATCH * SEQ], targets[BATCH * SEQ];
-    for (int i = 0; i < BATCH * SEQ; i++) {
+        int n_embd, seq, tp, pp, micro_batch;
+        const char *expect;  // in the layout
+    } cases[] = {{LOOM_FAMILY_LLAMA, 0, 32, 2, 1, 2, "replicated"},
+                 {LOOM_FAMILY_GPT2, 0, 32, 4, 1, 2, "attn: replicated"},
+                 {LOOM_FAMILY_LLAMA, 0, 32, 2, 2, 2, "replicated"},
+                 {LOOM_FAMILY_LLAMA, 128, 256, 2, 1, 8, "self_attn: split b"}};
+    enum { BATCH = 8, MAX_SEQ = 256, STEPS = 3 };
+    static int32_t tokens[BATCH * MAX_SEQ], targets[BATCH * MAX_SEQ];
+    for (int i = 0; i < BATCH * MAX_SEQ; i++) {
         tokens[i] = (i * 37 + 11) % 256;
         targets[i] = (i * 53 + 5) % 256;
     }
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        loom_autodist_config ac;
-        loom_autodist_t ad = fixed_plan(cases[k].family, cases[k].tp, cases[k].pp, 1, 2, BATCH,
-                                        LOOM_RECOMPUTE_NONE, 0, LOOM_SCHEDULE_1F1B, 1, &ac);
+        loom_model_config mc = small_model(cases[k].family);
+        if (cases[k].n_embd) {  // 4 heads (2 kv heads) of n_embd / 4
+            mc.n_embd = cases[k].n_embd, mc.n_head = 4, mc.n_kv_head = 2;
+            mc.head_dim = mc.n_embd / 4, mc.n_inner = 4 * mc.n_embd;
+        }
+        loom_autodist_config ac = {.seq = cases[k].seq};
+        loom_autodist_t ad = fixed_plan(&mc, cases[k].tp, cases[k].pp, 1, cases[k].micro_batch,
+                                        BATCH, LOOM_RECOMPUTE_NONE, 0, LOOM_SCHEDULE_1F1B, 1, &ac);
         if (!ad) continue;
         const loom_autodist_plan *p = loom_autodist_best(ad);
         char what[512];
-        snprintf(what, sizeof what, "%s tp%d pp%d, ops: %s", loom_autodist_model(ad)->model_type,
-                 p->tp, p->pp, p->layout);
-        CHECK_MSG(p->layout[0], "%s: the per-op search kept the table; this case is here to "
-                  "run another layout (pick one where it does not)", what);
+        snprintf(what, sizeof what, "%s tp%d pp%d b%d seq %d, ops: %s", mc.model_type, p->tp,
+                 p->pp, p->micro_batch, ac.seq, p->layout);
+        CHECK_MSG(strstr(p->layout, cases[k].expect), "%s: the per-op search did not find the "
+                  "layout this case is here to run ('%s')", what, cases[k].expect);
         CHECK_MSG(loom_constraints_count(p->constraints) > 0, "%s: no constraints carry it", what);
         check_runtime_memory(ad, &ac, 0.02);
         // The same steps on one device and on the plan.
         loom_model_t m = NULL, ref_model = NULL;
-        CHECK_OK(loom_model_create(loom_autodist_model(ad), 7, &ref_model));
-        CHECK_OK(loom_model_create(loom_autodist_model(ad), 7, &m));
-        loom_train_config tc = parity_train_config(BATCH, SEQ);
+        CHECK_OK(loom_model_create(&mc, 7, &ref_model));
+        CHECK_OK(loom_model_create(&mc, 7, &m));
+        loom_train_config tc = parity_train_config(BATCH, ac.seq);
         parity_reference ref;
         if (ref_model) parity_reference_run(ref_model, &tc, tokens, targets, STEPS, &ref);
         loom_compute_config cc = loom_compute_config_default();

@@ -187,15 +187,16 @@ typedef struct layout_search {
     int64_t evaluated;
 } layout_search;
 
-// The module of node n inside its layer ("attn.c_attn" of "h.0.attn.c_attn"), "" for the layer
-// module itself, or the whole path (outside the layers); 0 when it cannot name a group.
+// The module of node n inside its layer ("attn.c_attn" of "h.0.attn.c_attn"), or the whole path
+// outside the layers ("" for the top: the loss); 0 for the layer module itself (an override
+// naming it would not reach every layer alike).
 static int group_module(const ad_ctx *ctx, const char *path, char *out, size_t cap, int *inside) {
     char layer0[64];
     snprintf(layer0, sizeof layer0, ctx->layer_format, 0);
     size_t n = strlen(layer0);
     *inside = strncmp(path, layer0, n) == 0 && (path[n] == '.' || path[n] == '\0');
     const char *m = *inside ? path + n + (path[n] == '.') : path;
-    if (!m[0] || strlen(m) >= cap) return 0;  // the layer itself: not every layer's alike
+    if ((*inside && !m[0]) || strlen(m) >= cap) return 0;
     snprintf(out, cap, "%s", m);
     return 1;
 }
