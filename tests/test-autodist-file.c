@@ -29,6 +29,11 @@ static void same_plan(const loom_autodist_plan *a, const loom_autodist_plan *b, 
               what, a->pipeline_layers, b->pipeline_layers);
     CHECK_MSG(!strcmp(a->recompute_spec, b->recompute_spec), "%s: recompute_spec '%s' / '%s'",
               what, a->recompute_spec, b->recompute_spec);
+    CHECK_MSG(!strcmp(a->layout, b->layout), "%s: layout '%s' / '%s'", what, a->layout,
+              b->layout);
+    CHECK_MSG(loom_constraints_count(a->constraints) == loom_constraints_count(b->constraints),
+              "%s: %d / %d constraints", what, loom_constraints_count(a->constraints),
+              loom_constraints_count(b->constraints));
     CHECK_MSG(a->n_stages == b->n_stages, "%s: %d stages, loaded %d", what, a->n_stages,
               b->n_stages);
     for (int s = 0; s < a->n_stages && s < b->n_stages; s++) {
@@ -133,6 +138,25 @@ static void round_trips(void) {
     a = round_trip(&gpt2, &ac, "interleaved.json");
     CHECK(a && loom_autodist_best(a)->chunks == 2 && loom_autodist_best(a)->zero == 1);
     runs(&gpt2, &ac, a, "interleaved");
+    loom_autodist_free(a);
+
+    // Per-op strategies other than the family's table (replicated attention: GPT-2's 6 heads do
+    // not split in 4), with pipeline stages.
+    ac = small_job(8);
+    ac.tp = 4, ac.pp = 2;
+    a = round_trip(&gpt2, &ac, "layout.json");
+    CHECK(a && loom_autodist_best(a)->tp == 4 &&
+          strstr(loom_autodist_best(a)->layout, "attn: replicated"));
+    runs(&gpt2, &ac, a, "layout");
+    loom_autodist_free(a);
+    // Long sequences of a narrow LLaMA: every op split by batch inside the tp group.
+    loom_model_config narrow = small_model(LOOM_FAMILY_LLAMA);
+    narrow.n_embd = 128, narrow.n_head = 4, narrow.n_kv_head = 2, narrow.head_dim = 32;
+    narrow.n_inner = 512;
+    ac = small_job(2);
+    ac.tp = 2, ac.micro_batch = 8, ac.seq = 256;
+    a = round_trip(&narrow, &ac, "layout-batch.json");
+    CHECK(a && strstr(loom_autodist_best(a)->layout, "self_attn: split b"));
     loom_autodist_free(a);
 
     // The user's recompute modules, on a LLaMA-family model.
@@ -279,6 +303,48 @@ static void inconsistent(const char *plan) {
                NULL);
 }
 
+// A plan file's layout (the ops whose strategy is not the family table's): malformed entries
+// are format errors, an unknown op is named, and a layout removed or changed by hand no longer
+// makes the file's ops.
+static void edited_layout(void) {
+    loom_model_config gpt2 = small_model(LOOM_FAMILY_GPT2);
+    loom_autodist_config ac = small_job(4);
+    ac.tp = 4;
+    loom_autodist_t a = NULL;
+    CHECK_OK(loom_autodist_search(&gpt2, &ac, &a));
+    if (!a) return;
+    const char *plan = tu_path("layout-edits.json");
+    CHECK_OK(loom_autodist_save(a, plan));
+    loom_autodist_free(a);
+    json_t *root = json_load_file(plan, 0, NULL);
+    json_t *layout = json_object_get(json_object_get(root, "settings"), "layout");
+    CHECK_MSG(json_array_size(layout) > 0, "the tp 4 plan has no layout to edit");
+    json_decref(root);
+    const char *path = edited(plan, "layout-text.json", "settings", 0, "layout",
+                              json_string("replicate attention"));
+    load_fails(path, &gpt2, &ac, LOOM_ERR_FORMAT, "'settings.layout' must be a list", NULL, NULL);
+    path = edited(plan, "layout-entry.json", "settings", 0, "layout", json_pack("[i]", 3));
+    load_fails(path, &gpt2, &ac, LOOM_ERR_FORMAT, "'settings.layout[0]' must be an object", NULL,
+               NULL);
+    json_t *bad = json_pack("[{s:s, s:s, s:s}]", "module", "attn", "op", "loom.attention",
+                            "split", "follow");
+    path = edited(plan, "layout-split.json", "settings", 0, "layout", bad);
+    load_fails(path, &gpt2, &ac, LOOM_ERR_FORMAT, "'settings.layout[0].split'", NULL, NULL);
+    json_t *unknown = json_pack("[{s:s, s:s, s:s}]", "module", "attn", "op", "loom.nope",
+                                "split", "replicate");
+    path = edited(plan, "layout-op.json", "settings", 0, "layout", unknown);
+    load_fails(path, &gpt2, &ac, LOOM_ERR_INVALID, "unknown op 'loom.nope'", NULL, NULL);
+    // Without its layout the table cannot split GPT-2's 6 heads in 4.
+    path = edited(plan, "layout-gone.json", "settings", 0, "layout", json_array());
+    load_fails(path, &gpt2, &ac, LOOM_ERR_SHAPE, "heads", NULL, NULL);
+    // The attention split by batch instead: op by op, the file's splits are no longer the plan's.
+    json_t *other = json_pack("[{s:s, s:s, s:[i, i]}]", "module", "attn", "op", "loom.attention",
+                              "split", 0, 0);
+    path = edited(plan, "layout-other.json", "settings", 0, "layout", other);
+    load_fails(path, &gpt2, &ac, LOOM_ERR_INVALID, "the file splits it", "but the plan now "
+               "splits it", NULL);
+}
+
 // Full recomputation of a hand-picked number of layers per pipeline rank: the file's counts,
 // not the estimate's choice.
 static void preset_recompute(void) {
@@ -373,6 +439,7 @@ int main(void) {
     malformed(plan);
     inconsistent(plan);
     preset_recompute();
+    edited_layout();
     over_the_limit(plan);
     cli();
     tu_remove_tree(tu_scratch);

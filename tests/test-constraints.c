@@ -545,8 +545,58 @@ static void test_never_crash(void) {
     CHECK_MSG(ok > 0, "no mutated input parsed");
 }
 
+// Sets made in code: entries copied (the caller's buffers may go), the user's set and more
+// entries combined into one, and bad entries refused.
+static void test_create(void) {
+    char name[] = "loom.linear", module[] = "attn.c_attn";
+    loom_partition_dim dims[2] = {{0, -1}, {1, 0}};
+    loom_partition_constraint items[2] = {
+        {.name = name, .parent_module = module, .n_allowed = 2, .allowed = dims,
+         .replica_allowed = 0, .line = 3},
+        {.name = "loom.attention", .parent_module = "", .n_allowed = 0, .replica_allowed = 1}};
+    loom_constraints_t c = NULL;
+    CHECK_OK(loom_constraints_create(items, 2, &c));
+    memset(name, 'x', sizeof name - 1), memset(module, 'x', sizeof module - 1);
+    dims[0].dim = 5;
+    CHECK(loom_constraints_count(c) == 2);
+    const loom_partition_constraint *a = loom_constraints_at(c, 0), *b = loom_constraints_at(c, 1);
+    CHECK(a && !strcmp(a->name, "loom.linear") && !strcmp(a->parent_module, "attn.c_attn"));
+    CHECK(a && a->n_allowed == 2 && a->allowed[0].input == 0 && a->allowed[0].dim == -1 &&
+          a->allowed[1].input == 1 && a->replica_allowed == 0 && a->line == 3);
+    CHECK(b && b->parent_module == NULL && b->n_allowed == 0 && b->allowed == NULL &&
+          b->replica_allowed == 1);
+    CHECK(loom_constraints_find(c, "loom.linear", "h.3.attn.c_attn", NULL, 0) == 1);
+    CHECK(loom_constraints_find(c, "loom.attention", "anything", NULL, 0) == 1);
+    // A parsed set extended in code: its entries first, in order.
+    static const char yaml[] = "- name: loom.embedding\n  replica_allowed: false\n";
+    loom_constraints_t user = NULL;
+    CHECK_OK(loom_constraints_parse(yaml, strlen(yaml), "user.yaml", &user));
+    loom_partition_constraint all[3] = {*loom_constraints_at(user, 0), items[1], items[1]};
+    loom_constraints_t both = NULL;
+    CHECK_OK(loom_constraints_create(all, 3, &both));
+    loom_constraints_free(user);
+    CHECK(loom_constraints_count(both) == 3 &&
+          !strcmp(loom_constraints_at(both, 0)->name, "loom.embedding") &&
+          loom_constraints_at(both, 0)->replica_allowed == 0 &&
+          loom_constraints_at(both, 0)->n_allowed == -1);
+    loom_constraints_free(both);
+    loom_constraints_free(c);
+    // Empty sets and errors.
+    CHECK_OK(loom_constraints_create(NULL, 0, &c));
+    CHECK(c && loom_constraints_count(c) == 0);
+    loom_constraints_free(c);
+    loom_partition_constraint nameless = {.n_allowed = -1, .replica_allowed = 1};
+    CHECK_ERR(loom_constraints_create(&nameless, 1, &c), LOOM_ERR_INVALID, "no name", NULL);
+    CHECK(c == NULL);
+    loom_partition_constraint dimless = {.name = "loom.linear", .n_allowed = 1};
+    CHECK_ERR(loom_constraints_create(&dimless, 1, &c), LOOM_ERR_INVALID, "allowed dims", NULL);
+    CHECK_ERR(loom_constraints_create(items, -1, &c), LOOM_ERR_INVALID, NULL, NULL);
+    CHECK_ERR(loom_constraints_create(items, 1, NULL), LOOM_ERR_INVALID, NULL, NULL);
+}
+
 int main(void) {
     test_seed();
+    test_create();
     test_dim_forms();
     test_absent_empty_defaults();
     test_aliases();

@@ -138,19 +138,6 @@ static loom_status add_layout(ad_ctx *ctx, int tp, const ad_override *ov, int n,
     return st;
 }
 
-loom_status loom__ad_layout_add(ad_ctx *ctx, int tp, const ad_override *ov, int n, int *layout) {
-    *layout = 0;
-    if (n == 0) return LOOM_OK;
-    for (int i = 0; i < n; i++) {
-        int known = 0;
-        for (int op = 0; op < LOOM_OP_COUNT && !known; op++)
-            known = !strcmp(loom__op_def((loom_op)op)->signature, ov[i].op);
-        if (!known)
-            return loom__error(LOOM_ERR_INVALID, "layout entry %d: unknown op '%s'", i, ov[i].op);
-    }
-    return add_layout(ctx, tp, ov, n, NULL, layout);
-}
-
 // ---- the search -----------------------------------------------------------------------------
 
 // One choice for a group: the table's strategy (no override) or an override, and its words.
@@ -478,6 +465,66 @@ loom_status loom__ad_layout_search(ad_ctx *ctx, int tp, int micro_batch, int *la
     ctx->searched[ctx->n_searched++] = (struct ad_searched){tp, micro_batch, *layout};
     loom_graph_destroy(ls->g);
     loom__free(ls);
+    return st;
+}
+
+// ---- layouts of plan files ------------------------------------------------------------------
+
+// Words for overrides read from a file, as the search says them ("split b"): each is looked up
+// on the model's ops (one layer) and its split named by the annotation identifier it splits.
+static loom_status override_words(ad_ctx *ctx, int tp, const ad_override *ov, int n,
+                                  char (*words)[48]) {
+    loom_model_config m = ctx->model;
+    m.n_layer = 1;
+    loom_graph_t g = NULL;
+    loom_value loss;
+    LOOM_CHECK(loom_graph_create(&g));
+    loom_status st = loom__model_build_loss_graph(&m, g, 1, ctx->cfg.seq, &loss);
+    for (int i = 0; st == 0 && i < n; i++) {
+        snprintf(words[i], sizeof words[i], ov[i].split ? "split input %d dim %d" : "replicated",
+                 ov[i].input, ov[i].dim);
+        for (int j = 0; ov[i].split && j < g->n_nodes; j++) {
+            const loom_node *node = &g->nodes[j];
+            char module[128];
+            int inside;
+            loom_strategy s;
+            if (loom__op_def(node->op)->signature != ov[i].op ||
+                !group_module(ctx, g->modules[node->module], module, sizeof module, &inside) ||
+                strcmp(module, ov[i].module) != 0)
+                continue;
+            if (loom__strategy_from_dim(g, node, ov[i].input, ov[i].dim, tp, &s) == 0)
+                split_words(node, &s, words[i], sizeof words[i]);
+            loom_clear_error();  // a split that does not fit the op: the plan check says so
+            break;
+        }
+    }
+    loom_graph_destroy(g);
+    return st;
+}
+
+loom_status loom__ad_layout_add(ad_ctx *ctx, int tp, const ad_override *ov, int n, int *layout) {
+    *layout = 0;
+    if (n == 0) return LOOM_OK;
+    ad_override *own = loom__calloc((size_t)n, sizeof *own);
+    if (!own) return LOOM_ERR_NOMEM;
+    loom_status st = LOOM_OK;
+    for (int i = 0; i < n && st == 0; i++) {
+        own[i] = ov[i];
+        own[i].op = NULL;  // the op table's signature: the caller's string need not last
+        for (int op = 0; op < LOOM_OP_COUNT && !own[i].op; op++)
+            if (!strcmp(loom__op_def((loom_op)op)->signature, ov[i].op))
+                own[i].op = loom__op_def((loom_op)op)->signature;
+        if (!own[i].op)
+            st = loom__error(LOOM_ERR_INVALID, "layout entry %d: unknown op '%s' (loom's ops are "
+                             "named like 'loom.linear')", i, ov[i].op);
+    }
+    char (*words)[48] = st == 0 ? loom__calloc((size_t)n, sizeof *words) : NULL;
+    const char **how = st == 0 ? loom__calloc((size_t)n, sizeof *how) : NULL;
+    if (st == 0 && (!words || !how)) st = LOOM_ERR_NOMEM;
+    if (st == 0) st = override_words(ctx, tp, own, n, words);
+    for (int i = 0; st == 0 && i < n; i++) how[i] = words[i];
+    if (st == 0) st = add_layout(ctx, tp, own, n, how, layout);
+    loom__free(own), loom__free(words), loom__free(how);
     return st;
 }
 
