@@ -206,6 +206,26 @@ static void test_fixed_flags(void) {
     run_free(&r);
 }
 
+// --op-search: gpt2 small's 12 heads do not split in 8; the per-op search still finds a plan for
+// tp 8 (its strategies in the table and the JSON), the family's table alone does not.
+static void test_op_search(void) {
+    run_result r = PLAN("--tp", "8", "--json");
+    CHECK_RUN(r, 0, "plan --tp 8");
+    json_t *j = parse_json(&r, "plan --tp 8");
+    if (j) CHECK_MSG(has(str(j, "layout"), "attn:"), "layout '%s'", str(j, "layout"));
+    json_decref(j);
+    run_free(&r);
+    r = PLAN("--tp", "8");
+    CHECK_RUN(r, 0, "plan --tp 8 (table)");
+    CHECK_MSG(has(r.out, "strategies in each 8-device tensor-parallel group: the family's table "
+                  "(Megatron) except"), "no strategies line: %s", tu_str(r.out));
+    run_free(&r);
+    r = PLAN("--tp", "8", "--op-search", "off");
+    CHECK_MSG(r.code == 1 && has(r.err, "heads"), "--op-search off, tp 8: exit %d, %s", r.code,
+              tu_str(r.err));
+    run_free(&r);
+}
+
 static void test_explain(void) {
     run_result r = PLAN("--mem", "40", "--explain");
     CHECK_RUN(r, 0, "plan --explain");
@@ -214,15 +234,41 @@ static void test_explain(void) {
     run_free(&r);
 }
 
-// --format megatron agrees with --json for the same inputs.
+// Megatron's stage flags for the JSON's pipeline_layers: equal stages need none; else the first
+// and last stage's counts when the middle ones are equal (Megatron shares the rest evenly), else
+// a comment saying Megatron cannot split them so; interleaving needs equal virtual stages.
+static void check_megatron_stages(json_t *j, const char *line, const char *what) {
+    int k[256], n = 0, chunks = (int)num(j, "chunks");
+    for (const char *p = str(j, "pipeline_layers"); *p && n < 256; p += *p == ',')
+        k[n++] = (int)strtol(p, (char **)&p, 10);
+    int even = 1, mid = 1;
+    for (int s = 1; s < n; s++) even &= k[s] == k[0];
+    for (int s = 2; s < n - 1; s++) mid &= k[s] == k[1];
+    long first = flag_value(line, "--decoder-first-pipeline-num-layers");
+    long last = flag_value(line, "--decoder-last-pipeline-num-layers");
+    int comment = has(line, "Megatron cannot split them so");
+    if (even || n <= 1)
+        CHECK_MSG(first < 0 && last < 0 && !comment, "%s: even stages: %s", what, line);
+    else if (chunks == 1 && mid)
+        CHECK_MSG(first == k[0] && last == k[n - 1] && !comment, "%s: stages %s: %s", what,
+                  str(j, "pipeline_layers"), line);
+    else
+        CHECK_MSG(first < 0 && comment, "%s: stages %s: %s", what, str(j, "pipeline_layers"),
+                  line);
+    CHECK_MSG(has(line, "per-op strategies") == (str(j, "layout")[0] != 0), "%s: layout '%s': %s",
+              what, str(j, "layout"), line);
+}
+
+// --format megatron agrees with --json for the same inputs (fixed_pp: NULL, or --pp's).
 static void check_megatron(const char *config, const char *devices, const char *batch,
-                           const char *seq) {
+                           const char *seq, const char *fixed_pp) {
     run_result rj = run_cli("plan", "--model-config", config, "--devices", devices,
                             "--device-spec", "h100-80gb-sxm", "--global-batch", batch, "--seq",
-                            seq, "--json", NULL);
+                            seq, "--json", fixed_pp ? "--pp" : NULL, fixed_pp, NULL);
     run_result rm = run_cli("plan", "--model-config", config, "--devices", devices,
                             "--device-spec", "h100-80gb-sxm", "--global-batch", batch, "--seq",
-                            seq, "--format", "megatron", NULL);
+                            seq, "--format", "megatron", fixed_pp ? "--pp" : NULL, fixed_pp,
+                            NULL);
     char what[256];
     snprintf(what, sizeof what, "plan --format megatron, %s on %s", config, devices);
     CHECK_RUN(rj, 0, what);
@@ -239,6 +285,7 @@ static void check_megatron(const char *config, const char *devices, const char *
                   flag_value(rm.out, "--seq-length") == atol(seq), "%s: %s", what, tu_str(rm.out));
         CHECK_MSG(has(rm.out, "--use-distributed-optimizer") == (zero_of(j) == 1),
                   "%s: zero %d: %s", what, zero_of(j), tu_str(rm.out));
+        check_megatron_stages(j, tu_str(rm.out), what);
     }
     json_decref(j);
     run_free(&rj);
@@ -246,8 +293,12 @@ static void check_megatron(const char *config, const char *devices, const char *
 }
 
 static void test_megatron(void) {
-    check_megatron(gpt2, "8", "64", "1024");
-    check_megatron(llama7b, "64", "256", "2048");  // a pipeline: pp > 1
+    check_megatron(gpt2, "8", "64", "1024", NULL);
+    check_megatron(llama7b, "64", "256", "2048", NULL);  // a pipeline: pp > 1
+    // Uneven stages: the embeddings and the head weigh on the first and last.
+    check_megatron(gpt2, "3", "16", "1024", "3");
+    check_megatron(gpt2, "4", "16", "1024", "4");
+    check_megatron(gpt2, "8", "16", "1024", "2");
 }
 
 // ---- errors -----------------------------------------------------------------------------------
@@ -258,6 +309,7 @@ static void test_usage_errors(void) {
     expect_usage(run_cli("plan", "--model-config", gpt2, NULL), "no --devices", "--devices", NULL);
     expect_usage(PLAN("--recompute", "bogus"), "--recompute bogus", "--recompute", NULL);
     expect_usage(PLAN("--zero", "maybe"), "--zero maybe", "--zero", NULL);
+    expect_usage(PLAN("--op-search", "perhaps"), "--op-search perhaps", "--op-search", NULL);
     expect_usage(PLAN("--format", "bogus"), "--format bogus", "--format", NULL);
     expect_usage(PLAN("--json", "--format", "megatron"), "--json with --format", "--json",
                  "--format");
@@ -319,6 +371,7 @@ int main(void) {
     test_json();
     test_fixed_flags();
     test_explain();
+    test_op_search();
     test_megatron();
     test_usage_errors();
     test_failures();

@@ -163,10 +163,20 @@ void loom_autodist_print_megatron(loom_autodist_t a, FILE *f) {
     fprintf(f, "--tensor-model-parallel-size %d --pipeline-model-parallel-size %d "
             "--micro-batch-size %d --global-batch-size %d --seq-length %d", p->tp, p->pp,
             p->micro_batch, c->global_batch, c->seq);
+    // Megatron splits the layers evenly, except that the first and last stages may hold other
+    // counts (the rest evenly over the middle ones); interleaving needs equal virtual stages.
+    const char *uneven = NULL;
+    int k0 = p->stages[0].n_layers, kl = p->stages[p->n_stages - 1].n_layers, even = 1, mid = 1;
+    for (int s = 1; s < p->n_stages; s++) even &= p->stages[s].n_layers == k0;
+    for (int s = 2; s < p->n_stages - 1; s++) mid &= p->stages[s].n_layers == p->stages[1].n_layers;
     if (p->chunks > 1) {
-        // Megatron counts layers per virtual stage; loom balances them, Megatron needs equal ones.
-        int per = p->stages[0].n_layers;
-        fprintf(f, " --num-layers-per-virtual-pipeline-stage %d", per);
+        fprintf(f, " --num-layers-per-virtual-pipeline-stage %d", k0);
+        if (!even) uneven = "interleaving needs equal virtual stages";
+    } else if (!even && mid) {
+        fprintf(f, " --decoder-first-pipeline-num-layers %d --decoder-last-pipeline-num-layers %d",
+                k0, kl);
+    } else if (!even) {
+        uneven = "only the first and last stages may differ";
     }
     if (p->recompute == LOOM_RECOMPUTE_SELECTIVE) fprintf(f, " --recompute-activations");
     if (p->recompute == LOOM_RECOMPUTE_FULL) {
@@ -178,7 +188,11 @@ void loom_autodist_print_megatron(loom_autodist_t a, FILE *f) {
     }
     if (p->zero) fprintf(f, " --use-distributed-optimizer");
     if (p->precision == LOOM_PRECISION_MIXED) fprintf(f, " --bf16");
-    if (p->layout && p->layout[0])  // a shell comment: the line still runs
+    // What Megatron cannot say goes in a shell comment: the line still runs.
+    if (uneven)
+        fprintf(f, "  # loom's stages hold %s layers; Megatron cannot split them so (%s)",
+                p->pipeline_layers, uneven);
+    if (p->layout && p->layout[0])
         fprintf(f, "  # Megatron has no flag for loom's per-op strategies (%s): its tensor "
                 "parallelism splits them as the family's table does", p->layout);
     fputc('\n', f);

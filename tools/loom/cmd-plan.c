@@ -10,14 +10,16 @@ static const char *plan_usage =
     "loom plan --model-config config.json --devices N [--device-spec NAME|FILE] [--mem GB]\n"
     "          [--global-batch B] [--seq T] [--tp K] [--pp K] [--dp K] [--micro-batch b]\n"
     "          [--recompute none|selective|full] [--zero on|off] [--schedule S]\n"
-    "          [--constraints FILE] [--json] [--explain] [--format megatron]\n"
+    "          [--constraints FILE] [--op-search on|off] [--json] [--explain]\n"
+    "          [--format megatron]\n"
     "          [--save-plan FILE | --load-plan FILE]";
 
 static void print_help(void) {
     printf("usage: %s\n\n"
-           "Searches tensor x pipeline x data-parallel degrees, micro-batch size, pipeline\n"
-           "schedule, recomputation and ZeRO-1 for the fastest plan that fits the memory\n"
-           "limit, and prints it: a table per stage, the predicted step time, tokens/s, MFU.\n\n"
+           "Searches tensor x pipeline x data-parallel degrees, each op's strategy inside a\n"
+           "tensor-parallel group, micro-batch size, pipeline schedule, recomputation and\n"
+           "ZeRO-1 for the fastest plan that fits the memory limit, and prints it: a table per\n"
+           "stage, the strategies, the predicted step time, tokens/s, MFU.\n\n"
            "  --model-config FILE      Hugging Face config.json (gpt2, llama, mistral, qwen2)\n"
            "  --devices N              devices of the job\n"
            "  --device-spec NAME|FILE  a100-80gb-sxm, h100-80gb-sxm, cpu (this machine,\n"
@@ -35,6 +37,9 @@ static void print_help(void) {
            "  --pipeline-pivots LIST   modules where a stage may start (\"h.4,h.8\")\n"
            "  --recompute-modules SPEC recompute exactly these modules (\"attn\", \"h.0,h.1\")\n"
            "  --constraints FILE       partition constraints (YAML, docs/parallel.md)\n"
+           "  --op-search on|off       per-op strategies inside tensor-parallel groups: search\n"
+           "                           them (on, the default) or keep the family's Megatron\n"
+           "                           table (off)\n"
            "  --roofline               op times from the spec's roofline even on the cpu spec\n"
            "  --keep N                 alternatives kept for --explain and --json (default 10)\n"
            "  --json                   print the plan as JSON\n"
@@ -52,7 +57,7 @@ static void print_help(void) {
 static int is_search_setting(const char *flag) {
     static const char *const names[] = {"tp", "pp", "dp", "micro-batch", "recompute", "zero",
                                         "schedule", "precision", "max-partition-degree",
-                                        "pipeline-pivots", "recompute-modules"};
+                                        "pipeline-pivots", "recompute-modules", "op-search"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(flag, names[i])) return 1;
     return 0;
@@ -78,6 +83,7 @@ int cmd_plan(int argc, char **argv) {
         {"pipeline-pivots", required_argument, 0, 0},
         {"recompute-modules", required_argument, 0, 0},
         {"constraints", required_argument, 0, 0}, {"roofline", no_argument, 0, 0},
+        {"op-search", required_argument, 0, 0},
         {"keep", required_argument, 0, 0}, {"json", no_argument, 0, 0},
         {"explain", no_argument, 0, 0}, {"format", required_argument, 0, 0},
         {"save-plan", required_argument, 0, 0}, {"load-plan", required_argument, 0, 0},
@@ -109,6 +115,7 @@ int cmd_plan(int argc, char **argv) {
         else if (!strcmp(name, "recompute-modules")) ac.recompute_modules = arg;
         else if (!strcmp(name, "constraints")) constraints = arg;
         else if (!strcmp(name, "roofline")) ac.measured = 0;
+        else if (!strcmp(name, "op-search")) ac.op_search = on_off(&c, name, arg);
         else if (!strcmp(name, "keep")) ac.keep = cli_int(&c, name, arg, 1, 1000);
         else if (!strcmp(name, "json")) json = 1;
         else if (!strcmp(name, "explain")) explain = 1;
