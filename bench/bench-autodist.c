@@ -27,10 +27,11 @@ static void die(const char *what) {
     exit(1);
 }
 
-// A plan's fixed settings (0 / -1: searched).
+// A plan's fixed settings (0 / -1: searched); op_search 0 keeps the family's table.
 typedef struct shape {
     int tp, pp, dp, micro_batch;
     int recompute, zero, schedule;
+    int op_search;
 } shape;
 
 static loom_autodist_config job(int devices, const shape *s) {
@@ -43,6 +44,7 @@ static loom_autodist_config job(int devices, const shape *s) {
     if (s) {
         ac.tp = s->tp, ac.pp = s->pp, ac.dp = s->dp, ac.micro_batch = s->micro_batch;
         ac.recompute = s->recompute, ac.zero = s->zero, ac.schedule = s->schedule;
+        ac.op_search = s->op_search;
     }
     return ac;
 }
@@ -82,10 +84,13 @@ static void describe(const loom_autodist_plan *p, char *buf, size_t cap) {
              p->pp > 1 ? loom_schedule_name(p->schedule) : "",
              p->recompute ? " rc-" : "", p->recompute ? loom_recompute_mode_name(p->recompute) : "");
     if (p->zero) snprintf(buf + strlen(buf), cap - strlen(buf), " zero");
+    if (p->tp > 1)
+        snprintf(buf + strlen(buf), cap - strlen(buf), p->layout[0] ? " ops*" : " table");
 }
 
 typedef struct row {
     char label[96];
+    char layout[512];  // the per-op strategies, when not the family's table
     double predicted_s, measured_s;
     size_t predicted_b, measured_b;
     int devices;
@@ -99,6 +104,7 @@ static row run_plan(loom_model_t m, const loom_model_config *mc, int devices, co
     row r = {.devices = devices, .predicted_s = p->step_time_s,
              .predicted_b = p->peak_memory_bytes};
     describe(p, r.label, sizeof r.label);
+    snprintf(r.layout, sizeof r.layout, "%s", p->layout);
     // The best of a few rounds: other work on the machine only ever slows a round down.
     for (int k = 0; k < rounds; k++) {
         double t;
@@ -128,11 +134,13 @@ int main(int argc, char **argv) {
     }
     enum { NONE = LOOM_RECOMPUTE_NONE, FULL = LOOM_RECOMPUTE_FULL, F1B = LOOM_SCHEDULE_1F1B,
            INTER = LOOM_SCHEDULE_1F1B_INTERLEAVED };
-    // tp, pp, dp, micro-batch, recompute, zero, schedule.
+    // tp, pp, dp, micro-batch, recompute, zero, schedule, per-op search.
     static const shape shapes[] = {
-        {1, 1, 1, 8, NONE, 0, F1B}, {1, 1, 1, 4, NONE, 0, F1B}, {1, 1, 1, 8, FULL, 0, F1B},
-        {1, 1, 2, 4, NONE, 0, F1B}, {1, 1, 2, 4, NONE, 1, F1B}, {2, 1, 1, 8, NONE, 0, F1B},
-        {1, 2, 1, 2, NONE, 0, F1B}, {1, 2, 1, 1, NONE, 0, F1B}, {1, 2, 1, 2, NONE, 0, INTER},
+        {1, 1, 1, 8, NONE, 0, F1B, 1}, {1, 1, 1, 4, NONE, 0, F1B, 1},
+        {1, 1, 1, 8, FULL, 0, F1B, 1}, {1, 1, 2, 4, NONE, 0, F1B, 1},
+        {1, 1, 2, 4, NONE, 1, F1B, 1}, {2, 1, 1, 8, NONE, 0, F1B, 0},
+        {2, 1, 1, 8, NONE, 0, F1B, 1}, {1, 2, 1, 2, NONE, 0, F1B, 1},
+        {1, 2, 1, 1, NONE, 0, F1B, 1}, {1, 2, 1, 2, NONE, 0, INTER, 1},
     };
     double errs_t[64], errs_m[64];
     int n_err = 0;
@@ -147,7 +155,7 @@ int main(int argc, char **argv) {
         mc.max_seq = T > mc.max_seq ? T : mc.max_seq;
         loom_model_t m = NULL;
         if (loom_model_create(&mc, 1, &m) < 0) die("model");
-        row fits[16];
+        row fits[16];  // the 2-device plans
         int n_fits = 0;
         for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
             shape s = shapes[i];
@@ -157,6 +165,7 @@ int main(int argc, char **argv) {
                    mc.model_type, r.label, devices, 1e3 * r.predicted_s, 1e3 * r.measured_s,
                    100 * rel(r.predicted_s, r.measured_s), r.predicted_b / 1e6,
                    r.measured_b / 1e6, 100 * rel((double)r.predicted_b, (double)r.measured_b));
+            if (r.layout[0]) printf("%-7s   ops*: %s\n", "", r.layout);
             fflush(stdout);
             errs_t[n_err] = fabs(rel(r.predicted_s, r.measured_s));
             errs_m[n_err++] = fabs(rel((double)r.predicted_b, (double)r.measured_b));
@@ -172,6 +181,7 @@ int main(int argc, char **argv) {
                mc.model_type, pick.label, 1e3 * pick.predicted_s, 1e3 * pick.measured_s,
                fits[fastest].label, 1e3 * fits[fastest].measured_s,
                100 * rel(pick.measured_s, fits[fastest].measured_s));
+        if (pick.layout[0]) printf("%-7s   ops*: %s\n", "", pick.layout);
         loom_model_free(m);
     }
     printf("median |error|: step time %.1f%%, peak memory %.1f%% over %d plans\n",

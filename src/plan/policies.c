@@ -26,8 +26,12 @@ static loom_strategy data_strategy(const loom_node *n) {
     return (loom_strategy){LOOM_SPLIT_NONE, 0, 1};
 }
 
+// *unsplit_vocab: the vocabulary length when the rule splits it and it does not divide (the op
+// is then replicated), else 0.
 static loom_status tp_strategy(const loom_graph *g, const loom_node *n, const loom_tp_rule *rule,
-                               int parts, const loom_model_config *cfg, loom_strategy *s) {
+                               int parts, const loom_model_config *cfg, loom_strategy *s,
+                               int64_t *unsplit_vocab) {
+    *unsplit_vocab = 0;
     const char *split = rule->split;
     if (!strcmp(split, "heads")) {
         int64_t heads = n->ai[0], groups = n->ai[1], per_group = heads / groups;
@@ -56,9 +60,7 @@ static loom_status tp_strategy(const loom_graph *g, const loom_node *n, const lo
                                                 : g->values[n->in[0]].shape[g->values[n->in[0]].ndim - 1];
         if (n->op == LOOM_OP_LINEAR) V = g->values[n->in[1]].shape[0];
         if (V % parts != 0) {
-            loom__log(LOOM_LOG_WARN, "vocabulary of %lld does not split into %d parts: %s in "
-                      "'%s' stays replicated", (long long)V, parts, loom__op_def(n->op)->signature,
-                      g->modules[n->module]);
+            *unsplit_vocab = V;
             *s = (loom_strategy){LOOM_SPLIT_NONE, 0, 1};
         } else {
             *s = split_by(n, id, 1);
@@ -98,9 +100,10 @@ static loom_status custom_strategy(const loom_graph *g, const loom_node *n, int 
 // that name the op (an op they allow to be replicated or split otherwise); else the error.
 static loom_status table_strategy(const loom_plan *plan, const loom_graph *g, int i,
                                   const loom_tp_rule *r, const loom_model_config *cfg,
-                                  uint8_t *unsplittable, loom_strategy *s) {
+                                  uint8_t *unsplittable, loom_strategy *s,
+                                  int64_t *unsplit_vocab) {
     const loom_node *n = &g->nodes[i];
-    loom_status st = tp_strategy(g, n, r, plan->parts, cfg, s);
+    loom_status st = tp_strategy(g, n, r, plan->parts, cfg, s, unsplit_vocab);
     if (st >= 0) return st;
     int named = loom_constraints_find(plan->constraints, loom__op_def(n->op)->signature,
                                       g->modules[n->module], NULL, 0) > 0;
@@ -156,6 +159,7 @@ static loom_status create(const loom_graph *g, const loom_compute_config *cc, in
     for (int i = 0; i < g->n_nodes; i++) {
         const loom_node *n = &g->nodes[i];
         loom_strategy s = {LOOM_SPLIT_NONE, 0, 1};
+        int64_t unsplit_vocab = 0;
         if (parts > 1 && (policy == LOOM_POLICY_CUSTOM || policy == LOOM_POLICY_FILE)) {
             int input = 0, dim = 0;
             int verdict = policy == LOOM_POLICY_CUSTOM
@@ -177,7 +181,8 @@ static loom_status create(const loom_graph *g, const loom_compute_config *cc, in
                 if (strcmp(r->signature, loom__op_def(n->op)->signature) != 0 ||
                     (r->module[0] && !loom_module_matches(g->modules[n->module], r->module)))
                     continue;
-                loom_status st = table_strategy(plan, g, i, r, cfg, unsplittable, &s);
+                loom_status st = table_strategy(plan, g, i, r, cfg, unsplittable, &s,
+                                                &unsplit_vocab);
                 if (st < 0) return loom__plan_free(plan), st;
                 break;
             }
@@ -189,6 +194,10 @@ static loom_status create(const loom_graph *g, const loom_compute_config *cc, in
                 return loom__plan_free(plan), st;
             }
         }
+        if (unsplit_vocab && s.id == LOOM_SPLIT_NONE && !unsplittable)
+            loom__log(LOOM_LOG_WARN, "vocabulary of %lld does not split into %d parts: %s in "
+                      "'%s' stays replicated", (long long)unsplit_vocab, parts,
+                      loom__op_def(n->op)->signature, g->modules[n->module]);
         plan->strategy[i] = s;
     }
     // With one device per unit there is nothing to split: the file is not consulted.
