@@ -172,6 +172,11 @@ typedef struct layout_search {
     int n_blocks;
     int unsplittable;     // some op the table cannot split: the table alone is no layout
     int64_t evaluated;
+    struct memo {         // the layouts costed so far: the starts' descents meet often
+        int pick[MAX_GROUPS];
+        double seconds;
+    } *memo;
+    int n_memo, cap_memo;
 } layout_search;
 
 // The module of node n inside its layer ("attn.c_attn" of "h.0.attn.c_attn"), or the whole path
@@ -226,6 +231,7 @@ static void add_choices(layout_search *ls, const loom_plan *plan, const loom_nod
     gr->base = 0;
     gr->batch = gr->replicate = -1;
     loom_strategy none = {LOOM_SPLIT_NONE, 0, 1};
+    int batch_split = 0;  // a split of the batch dim: other dims of '*' (sequence) cost the same
     // input -1 stands for replication (no input split).
     for (int input = -1; input < n->n_in && gr->n_choices < MAX_CHOICES; input++) {
         int ndim = input < 0 ? 1 : ls->g->values[n->in[input]].ndim;
@@ -235,9 +241,10 @@ static void add_choices(layout_search *ls, const loom_plan *plan, const loom_nod
                 loom_clear_error();
                 continue;
             }
-            int dup = 0;
+            int dup = s.id == LOOM_SPLIT_STAR && s.star_dim > 0 && batch_split;
             for (int k = 0; k < n_seen && !dup; k++) dup = same_strategy(&seen[k], &s);
             if (dup || !loom__plan_usable(plan, ls->g, n, &s)) continue;
+            batch_split |= s.id == LOOM_SPLIT_STAR && s.star_dim == 0;
             choice c = {.ov = {.module = gr->module, .op = gr->op}};
             if (s.id == LOOM_SPLIT_NONE) {
                 snprintf(c.how, sizeof c.how, "replicated");
@@ -326,6 +333,9 @@ static loom_status find_groups(layout_search *ls) {
 
 // Seconds of one micro-batch of the one-layer model under choices `pick` (per group).
 static double evaluate(layout_search *ls, const int *pick) {
+    size_t bytes = (size_t)ls->n_groups * sizeof *pick;
+    for (int i = 0; i < ls->n_memo; i++)
+        if (!memcmp(ls->memo[i].pick, pick, bytes)) return ls->memo[i].seconds;
     ad_override ov[MAX_GROUPS];
     int n = 0;
     for (int k = 0; k < ls->n_groups; k++)
@@ -338,6 +348,14 @@ static double evaluate(layout_search *ls, const int *pick) {
         seconds = INFINITY;  // a layout the shapes or the lowering refuse
     loom_clear_error();
     loom_constraints_free(c);
+    if (ls->n_memo == ls->cap_memo) {
+        int cap = ls->cap_memo ? 2 * ls->cap_memo : 64;
+        struct memo *m = loom__realloc(ls->memo, (size_t)cap * sizeof *m);
+        if (!m) return seconds;  // not remembered: costed again if asked again
+        ls->memo = m, ls->cap_memo = cap;
+    }
+    memcpy(ls->memo[ls->n_memo].pick, pick, bytes);
+    ls->memo[ls->n_memo++].seconds = seconds;
     return seconds;
 }
 
@@ -464,6 +482,7 @@ loom_status loom__ad_layout_search(ad_ctx *ctx, int tp, int micro_batch, int *la
     }
     ctx->searched[ctx->n_searched++] = (struct ad_searched){tp, micro_batch, *layout};
     loom_graph_destroy(ls->g);
+    loom__free(ls->memo);
     loom__free(ls);
     return st;
 }

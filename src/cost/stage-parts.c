@@ -61,9 +61,19 @@ static double comm_seconds(const ad_ctx *ctx, const loom_graph *g, const loom_no
     return loom_device_collective_seconds(&ctx->spec, kind, bytes * scale, tp);
 }
 
+// Whether module path `path` is inside layer 0 of the model ("h.0" or "h.0.attn").
+static int in_layer0(const ad_ctx *ctx, const char *path) {
+    char layer0[64];
+    snprintf(layer0, sizeof layer0, ctx->layer_format, 0);
+    size_t n = strlen(layer0);
+    return !strncmp(path, layer0, n) && (path[n] == '.' || path[n] == '\0');
+}
+
 // Forward and backward seconds of one micro-batch through local graph g (recomputed clones run
-// in the backward), and the tensor-parallel collectives among them.
-static loom_status graph_seconds(ad_ctx *ctx, const loom_graph *g, int tp, sample *s) {
+// in the backward), and the tensor-parallel collectives among them; the ops of layer 0 count
+// layer_weight times (1: as they are).
+static loom_status graph_seconds(ad_ctx *ctx, const loom_graph *g, int tp, double layer_weight,
+                                 sample *s) {
     double *fwd = NULL, *bwd = NULL;
     if (ctx->measured) {
         fwd = loom__malloc((size_t)(g->n_nodes + 1) * sizeof(double));
@@ -77,16 +87,14 @@ static loom_status graph_seconds(ad_ctx *ctx, const loom_graph *g, int tp, sampl
         const loom_node *n = &g->nodes[i];
         const loom_node *f = n->backward ? &g->nodes[n->fwd] : n;
         int in_backward = n->backward || n->recompute_group >= 0;
-        double t;
-        if (loom__op_def(n->op)->flags & LOOM_OPF_COMM) {
-            t = comm_seconds(ctx, g, f, n->backward, tp);
-            s->tp_comm_s += t;
-        } else if (ctx->measured) {
-            // More devices than cores: each gets a share of one.
-            t = (n->backward ? bwd[n->fwd] : fwd[i]) * ctx->oversubscribed;
-        } else {
-            t = loom__op_seconds_roofline(&ctx->spec, g, f, n->backward, ctx->dtype);
-        }
+        int comm = (loom__op_def(n->op)->flags & LOOM_OPF_COMM) != 0;
+        double t = comm             ? comm_seconds(ctx, g, f, n->backward, tp)
+                   : ctx->measured ? (n->backward ? bwd[n->fwd] : fwd[i]) * ctx->oversubscribed
+                                   : loom__op_seconds_roofline(&ctx->spec, g, f, n->backward,
+                                                               ctx->dtype);
+        // (More devices than cores: each gets a share of one.)
+        if (layer_weight != 1 && in_layer0(ctx, g->modules[f->module])) t *= layer_weight;
+        if (comm) s->tp_comm_s += t;
         *(in_backward ? &s->backward_s : &s->forward_s) += t;
     }
     loom__free(fwd), loom__free(bwd);
@@ -106,7 +114,8 @@ loom_status loom__ad_plan_seconds(ad_ctx *ctx, const loom_graph *global, loom_va
     loom_status st = loom__plan_create(global, &cc, tp, &ctx->model, NULL, &plan);
     if (st < 0) return st;
     st = loom__parallelize(global, loss, &plan, 0, 0, &lg);
-    if (st == 0) st = graph_seconds(ctx, lg.graph, tp, &s);
+    // The whole model's time: one layer costed as all of them.
+    if (st == 0) st = graph_seconds(ctx, lg.graph, tp, ctx->model.n_layer, &s);
     *seconds = s.forward_s + s.backward_s;
     loom__local_graph_free(&lg);
     loom__plan_free(&plan);
@@ -158,7 +167,7 @@ static loom_status sample_rank(ad_ctx *ctx, const loom_graph *global, loom_value
     int pipelined = plan->pipe_ranks > 1;
     if (st == 0) st = lower(&lg, pipelined, plan->pipe_ranks, rank, 1, &one);
     if (st == 0 && pipelined) st = lower(&lg, 1, plan->pipe_ranks, rank, 2, &two);
-    if (st == 0) st = graph_seconds(ctx, lg.graph, plan->parts, s);
+    if (st == 0) st = graph_seconds(ctx, lg.graph, plan->parts, 1, s);
     if (st == 0) {
         s->arena = arena_bytes(one);
         s->held = two ? arena_bytes(two) - s->arena : 0;
