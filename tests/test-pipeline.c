@@ -282,9 +282,10 @@ static void test_measured_balance(void) {
     }
 }
 
-// Measured op costs are cached on disk: a second measurement reads the cache (here edited to
-// sentinel forward and backward times, whose sum must come back) instead of timing the ops
-// again.
+// Measured op costs are cached on disk: a second measurement in the same process reads the cache
+// (here edited to sentinel forward and backward times, whose sum must come back) instead of
+// timing the ops again. Another process refines an entry measured by only one process once (its
+// best time kept: a huge sentinel is replaced), and leaves an entry measured by two alone.
 static void test_cost_cache(const char *dir) {
     char path[600];
     loom_model_t m = make_model("gpt2");
@@ -303,7 +304,8 @@ static void test_cost_cache(const char *dir) {
     const char *key;
     json_t *value;
     json_object_foreach(ops, key, value) {
-        CHECK(json_array_size(value) == 2);  // [forward s, backward s]
+        CHECK(json_array_size(value) == 4);  // [forward s, backward s, processes, last one's]
+        CHECK(json_integer_value(json_array_get(value, 2)) == 1);
         json_real_set(json_array_get(value, 0), 0.125);
         json_real_set(json_array_get(value, 1), 0.25);
     }
@@ -317,6 +319,24 @@ static void test_cost_cache(const char *dir) {
     }
     CHECK_MSG(sentinel == measured && measured > 0, "%d of %d costs came from the cache", sentinel,
               measured);
+    // As if another process had measured them: refined once (huge sentinels replaced), then kept.
+    for (int pass = 0; pass < 2; pass++) {
+        root = json_load_file(path, 0, NULL);
+        ops = json_object_get(root, "ops");
+        json_object_foreach(ops, key, value) {
+            json_real_set(json_array_get(value, 0), 1000.0);
+            json_real_set(json_array_get(value, 1), 1000.0);
+            json_integer_set(json_array_get(value, 2), pass == 0 ? 1 : 2);
+            json_integer_set(json_array_get(value, 3), 1);  // not this process
+        }
+        CHECK(json_dump_file(root, path, 0) == 0);
+        json_decref(root);
+        CHECK_OK(loom__measure_costs(g, 1, again));
+        int huge = 0;
+        for (int i = 0; i < n; i++) huge += again[i] == 2000.0;
+        CHECK_MSG(pass == 0 ? huge == 0 : huge == measured, "pass %d: %d of %d costs still the "
+                  "sentinel", pass, huge, measured);
+    }
     free(first), free(again);
     loom_graph_destroy(g);
     loom_model_free(m);

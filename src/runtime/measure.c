@@ -2,7 +2,9 @@
 // the real backend (alone, or as several copies at once like ranks sharing the machine), and
 // its best time is its cost. Measurements are cached on disk
 // ($XDG_CACHE_HOME/loom/ops/cpu.json), keyed by op signature, input shapes, dtypes and roles,
-// attributes and threads, so a signature is profiled once per machine.
+// attributes and threads. An entry is refined by the next processes that use it (one more
+// round each, until REFINE_SESSIONS sessions measured it; the best time kept), so a measurement
+// spoiled by a burst of other work on the machine does not stay for good.
 
 #include "runtime/runner.h"
 
@@ -15,8 +17,27 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
-enum { MEASURE_RUNS = 3, MEASURE_ROUNDS = 3 };
+enum { MEASURE_RUNS = 3, MEASURE_ROUNDS = 3, REFINE_SESSIONS = 2 };
+
+// This process's stamp on the entries it measures: one refinement per entry per process.
+static json_int_t session;
+static pthread_once_t session_once = PTHREAD_ONCE_INIT;
+
+static void session_init(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    session = ((json_int_t)t.tv_sec * 1000003 + (json_int_t)t.tv_nsec / 1000) ^
+              ((json_int_t)getpid() << 20);
+    if (session < 0) session = -session;
+}
+
+static json_int_t session_id(void) {
+    pthread_once(&session_once, session_init);
+    return session;
+}
 
 // Whether nodes a and b compute the same thing on the same shapes (so cost the same).
 static int same_signature(const loom_graph *g, const loom_node *a, const loom_node *b) {
@@ -218,9 +239,10 @@ static void cache_key(const loom_graph *g, const loom_node *n, int threads, int 
                  (double)n->af[3], threads, concurrent);
 }
 
-// The cache file's measurements (an object: key -> [forward s, backward s]), or an empty object
-// when there is none, it cannot be read or it is of another version (measured again, not an
-// error).
+// The cache file's measurements (an object: key -> [forward s, backward s, processes that
+// measured it, the last one's session stamp]; the last two absent in older files: one process),
+// or an empty object when there is none, it cannot be read or it is of another version
+// (measured again, not an error).
 static json_t *cache_load(const char *path) {
     json_t *root = path[0] ? json_load_file(path, 0, NULL) : NULL;
     json_t *ops = root ? json_object_get(root, "ops") : NULL;
@@ -254,10 +276,12 @@ loom_status loom__measure_op_times(const loom_graph *g, int threads, int concurr
     }
     json_t *cache = cache_load(path);
     json_t *ops = cache ? json_object_get(cache, "ops") : NULL;
-    char *need = loom__calloc((size_t)g->n_nodes + 1, 1);  // distinct nodes the cache lacks
+    // Distinct nodes to measure: 1 the cache lacks them, 2 refine the cache's entry.
+    char *need = loom__calloc((size_t)g->n_nodes + 1, 1);
     int *first = loom__malloc(((size_t)g->n_nodes + 1) * sizeof(int));
+    json_int_t *sessions_of = loom__calloc((size_t)g->n_nodes + 1, sizeof *sessions_of);
     int n_need = 0;
-    loom_status st = cache && need && first ? LOOM_OK : LOOM_ERR_NOMEM;
+    loom_status st = cache && need && first && sessions_of ? LOOM_OK : LOOM_ERR_NOMEM;
     for (int i = 0; i < g->n_nodes && st == 0; i++) {
         const loom_node *n = &g->nodes[i];
         fwd_s[i] = bwd_s[i] = 0;
@@ -268,23 +292,35 @@ loom_status loom__measure_op_times(const loom_graph *g, int threads, int concurr
         json_t *hit = json_object_get(ops, key);
         double f = json_number_value(json_array_get(hit, 0));
         double b = json_number_value(json_array_get(hit, 1));
-        if (json_array_size(hit) == 2 && f >= 0 && b >= 0) fwd_s[i] = f, bwd_s[i] = b;
-        else need[i] = 1, n_need++;
+        json_int_t sessions = json_array_size(hit) >= 3 ? json_integer_value(json_array_get(hit, 2))
+                                                        : 1;
+        json_int_t last = json_integer_value(json_array_get(hit, 3));
+        if (json_array_size(hit) >= 2 && f >= 0 && b >= 0) {
+            fwd_s[i] = f, bwd_s[i] = b;
+            // Measured by too few processes yet, none of them this one: one more round.
+            if (sessions < REFINE_SESSIONS && last != session_id()) need[i] = 2, n_need++;
+            sessions_of[i] = sessions;
+        } else {
+            need[i] = 1, n_need++;
+        }
     }
     // In rounds: an op's best run over rounds spread in time, so a burst of other work on the
-    // machine spoils one round of an op rather than all its runs.
+    // machine spoils one round of an op rather than all its runs. Ops already cached get one.
     for (int round = 0; round < MEASURE_ROUNDS && st == 0 && n_need; round++)
         for (int i = 0; i < g->n_nodes && st == 0; i++) {
             double f, b;
-            if (!need[i]) continue;
+            if (!need[i] || (need[i] == 2 && round > 0)) continue;
             st = measure_node(g, &g->nodes[i], threads, concurrent, &f, &b);
-            if (st == 0 && (round == 0 || f + b < fwd_s[i] + bwd_s[i])) fwd_s[i] = f, bwd_s[i] = b;
+            if (st == 0 && ((need[i] == 1 && round == 0) || f + b < fwd_s[i] + bwd_s[i]))
+                fwd_s[i] = f, bwd_s[i] = b;
         }
     for (int i = 0; i < g->n_nodes && st == 0; i++) {
         if (first[i] >= 0) fwd_s[i] = fwd_s[first[i]], bwd_s[i] = bwd_s[first[i]];
         if (!need[i]) continue;
         cache_key(g, &g->nodes[i], threads, concurrent, key, sizeof key);
-        json_object_set_new(ops, key, json_pack("[f, f]", fwd_s[i], bwd_s[i]));
+        json_object_set_new(ops, key, json_pack("[f, f, I, I]", fwd_s[i], bwd_s[i],
+                                                need[i] == 2 ? sessions_of[i] + 1 : 1,
+                                                session_id()));
     }
     omp_set_num_threads(saved);
     if (st == 0 && n_need && path[0]) {
@@ -297,7 +333,7 @@ loom_status loom__measure_op_times(const loom_graph *g, int threads, int concurr
             loom__log(LOOM_LOG_WARN, "could not cache op measurements in %s", path);
     }
     json_decref(cache);
-    loom__free(need), loom__free(first);
+    loom__free(need), loom__free(first), loom__free(sessions_of);
     if (st < 0) loom__error_prefix("measuring op costs");
     return st;
 }
