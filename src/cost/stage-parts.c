@@ -88,11 +88,11 @@ static loom_status graph_seconds(ad_ctx *ctx, const loom_graph *g, int tp, doubl
         const loom_node *f = n->backward ? &g->nodes[n->fwd] : n;
         int in_backward = n->backward || n->recompute_group >= 0;
         int comm = (loom__op_def(n->op)->flags & LOOM_OPF_COMM) != 0;
+        // Measured: with more devices than cores, each gets a share of one.
         double t = comm             ? comm_seconds(ctx, g, f, n->backward, tp)
                    : ctx->measured ? (n->backward ? bwd[n->fwd] : fwd[i]) * ctx->oversubscribed
                                    : loom__op_seconds_roofline(&ctx->spec, g, f, n->backward,
                                                                ctx->dtype);
-        // (More devices than cores: each gets a share of one.)
         if (layer_weight != 1 && in_layer0(ctx, g->modules[f->module])) t *= layer_weight;
         if (comm) s->tp_comm_s += t;
         *(in_backward ? &s->backward_s : &s->forward_s) += t;
