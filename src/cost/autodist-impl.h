@@ -101,6 +101,10 @@ typedef struct ad_ctx {
 loom_status loom__ad_resolve(ad_ctx *ctx, const loom_model_config *model,
                              const loom_autodist_config *cfg);
 
+// The part of module path `path` inside layer 0 ("attn.c_attn" of "h.0.attn.c_attn", "" for
+// "h.0" itself), or NULL when the path is outside layer 0.
+const char *loom__ad_in_layer0(const ad_ctx *ctx, const char *path);
+
 // ---- per-op strategies (layout.c) ----
 
 // Layout 0 (the family's table, with the user's constraints). Called by loom__ad_resolve.

@@ -183,11 +183,9 @@ typedef struct layout_search {
 // outside the layers ("" for the top: the loss); 0 for the layer module itself (an override
 // naming it would not reach every layer alike).
 static int group_module(const ad_ctx *ctx, const char *path, char *out, size_t cap, int *inside) {
-    char layer0[64];
-    snprintf(layer0, sizeof layer0, ctx->layer_format, 0);
-    size_t n = strlen(layer0);
-    *inside = strncmp(path, layer0, n) == 0 && (path[n] == '.' || path[n] == '\0');
-    const char *m = *inside ? path + n + (path[n] == '.') : path;
+    const char *in = loom__ad_in_layer0(ctx, path);
+    *inside = in != NULL;
+    const char *m = in ? in : path;
     if ((*inside && !m[0]) || strlen(m) >= cap) return 0;
     snprintf(out, cap, "%s", m);
     return 1;
@@ -359,6 +357,15 @@ static double evaluate(layout_search *ls, const int *pick) {
     return seconds;
 }
 
+// Take `trial` into `pick` when it gains AD_LAYOUT_GAIN over *t (its time then).
+static int accept(layout_search *ls, const int *trial, int *pick, double *t) {
+    double u = evaluate(ls, trial);
+    if (!(u < *t * (1 - AD_LAYOUT_GAIN))) return 0;
+    memcpy(pick, trial, (size_t)ls->n_groups * sizeof *pick);
+    *t = u;
+    return 1;
+}
+
 // Improve `pick` one group at a time, then one block at a time (all of it to the table's choice
 // or all split by batch), while a move gains AD_LAYOUT_GAIN; returns its time.
 static double descend(layout_search *ls, int *pick, double t) {
@@ -370,8 +377,7 @@ static double descend(layout_search *ls, int *pick, double t) {
                 if (c == pick[k]) continue;
                 memcpy(trial, pick, sizeof trial);
                 trial[k] = c;
-                double u = evaluate(ls, trial);
-                if (u < t * (1 - AD_LAYOUT_GAIN)) memcpy(pick, trial, sizeof trial), t = u, moved = 1;
+                moved |= accept(ls, trial, pick, &t);
             }
         for (int b = 0; b < ls->n_blocks; b++)
             for (int to_batch = 0; to_batch <= 1; to_batch++) {
@@ -383,8 +389,7 @@ static double descend(layout_search *ls, int *pick, double t) {
                     if (c >= 0 && c != trial[k]) trial[k] = c, changed = 1;
                 }
                 if (!changed) continue;
-                double u = evaluate(ls, trial);
-                if (u < t * (1 - AD_LAYOUT_GAIN)) memcpy(pick, trial, sizeof trial), t = u, moved = 1;
+                moved |= accept(ls, trial, pick, &t);
             }
         if (!moved) break;
     }
@@ -529,10 +534,9 @@ loom_status loom__ad_layout_add(ad_ctx *ctx, int tp, const ad_override *ov, int 
     loom_status st = LOOM_OK;
     for (int i = 0; i < n && st == 0; i++) {
         own[i] = ov[i];
-        own[i].op = NULL;  // the op table's signature: the caller's string need not last
-        for (int op = 0; op < LOOM_OP_COUNT && !own[i].op; op++)
-            if (!strcmp(loom__op_def((loom_op)op)->signature, ov[i].op))
-                own[i].op = loom__op_def((loom_op)op)->signature;
+        // The op table's signature: the caller's string need not last.
+        int op = loom__op_by_signature(ov[i].op);
+        own[i].op = op >= 0 ? loom__op_def((loom_op)op)->signature : NULL;
         if (!own[i].op)
             st = loom__error(LOOM_ERR_INVALID, "layout entry %d: unknown op '%s' (loom's ops are "
                              "named like 'loom.linear')", i, ov[i].op);

@@ -61,12 +61,12 @@ static double comm_seconds(const ad_ctx *ctx, const loom_graph *g, const loom_no
     return loom_device_collective_seconds(&ctx->spec, kind, bytes * scale, tp);
 }
 
-// Whether module path `path` is inside layer 0 of the model ("h.0" or "h.0.attn").
-static int in_layer0(const ad_ctx *ctx, const char *path) {
+const char *loom__ad_in_layer0(const ad_ctx *ctx, const char *path) {
     char layer0[64];
     snprintf(layer0, sizeof layer0, ctx->layer_format, 0);
     size_t n = strlen(layer0);
-    return !strncmp(path, layer0, n) && (path[n] == '.' || path[n] == '\0');
+    if (strncmp(path, layer0, n) != 0 || (path[n] != '.' && path[n] != '\0')) return NULL;
+    return path + n + (path[n] == '.');
 }
 
 // Forward and backward seconds of one micro-batch through local graph g (recomputed clones run
@@ -93,7 +93,8 @@ static loom_status graph_seconds(ad_ctx *ctx, const loom_graph *g, int tp, doubl
                    : ctx->measured ? (n->backward ? bwd[n->fwd] : fwd[i]) * ctx->oversubscribed
                                    : loom__op_seconds_roofline(&ctx->spec, g, f, n->backward,
                                                                ctx->dtype);
-        if (layer_weight != 1 && in_layer0(ctx, g->modules[f->module])) t *= layer_weight;
+        if (layer_weight != 1 && loom__ad_in_layer0(ctx, g->modules[f->module]))
+            t *= layer_weight;
         if (comm) s->tp_comm_s += t;
         *(in_backward ? &s->backward_s : &s->forward_s) += t;
     }

@@ -73,6 +73,8 @@ typedef struct loom_op_def {
 } loom_op_def;
 
 const loom_op_def *loom__op_def(loom_op op);
+// The op whose signature is `signature` ("loom.linear"), or -1.
+int loom__op_by_signature(const char *signature);
 
 typedef struct loom_value_info {
     char *name;              // owned; params: file name; others: generated

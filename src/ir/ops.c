@@ -153,6 +153,12 @@ const loom_op_def *loom__op_def(loom_op op) {
     return &op_table[op];
 }
 
+int loom__op_by_signature(const char *signature) {
+    for (int op = 0; signature && op < LOOM_OP_COUNT; op++)
+        if (!strcmp(op_table[op].signature, signature)) return op;
+    return -1;
+}
+
 // ---- builders -----------------------------------------------------------------------------------
 
 static loom_value add1(loom_graph *g, loom_op op, int n_in, const loom_value *in,

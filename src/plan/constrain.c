@@ -10,10 +10,7 @@
 loom_status loom__constraints_check(loom_constraints_t c) {
     for (int i = 0; c && i < loom_constraints_count(c); i++) {
         const loom_partition_constraint *pc = loom_constraints_at(c, i);
-        int known = 0;
-        for (int op = 0; op < LOOM_OP_COUNT && !known; op++)
-            known = !strcmp(loom__op_def((loom_op)op)->signature, pc->name);
-        if (!known)
+        if (loom__op_by_signature(pc->name) < 0)
             return loom__error(LOOM_ERR_INVALID, "partition constraint at line %d, column %d: "
                                "unknown op '%s' (loom's ops are named like 'loom.linear'; see "
                                "'loom graph' for the ops of a model)", pc->line, pc->column,
