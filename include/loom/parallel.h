@@ -102,7 +102,8 @@ typedef struct loom_compute_config {
     int pipeline_measured;        // balance stages by measured op times (each distinct op
                                   // profiled once on this machine; rank 0's under MPI) instead
                                   // of FLOPs (the default: the same split on every run)
-    // The autodist policy (nnScaler's names); pipeline_pivots and constraints apply too.
+    // The autodist policy (nnScaler's names); pipeline_pivots and constraints apply too. Under
+    // mpi rank 0 searches (or loads), saves, and broadcasts the plan to the other processes.
     double mem_constraint;        // bytes a device may use (0: 0.8 x the device spec's memory)
     const char *device_spec;      // the devices' spec (NULL: "cpu", this machine, measured)
     int max_partition_degree;     // largest tensor-parallel degree (0: the spec's node)

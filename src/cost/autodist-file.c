@@ -192,7 +192,6 @@ static int write_text(FILE *f, json_t *v, int depth) {
 }
 
 static loom_status write_plan(const char *path, json_t *root) {
-    if (!root) return loom__error(LOOM_ERR_NOMEM, "%s: out of memory writing the plan", path);
     loom__atomic_file af;
     LOOM_CHECK(loom__atomic_open(&af, path));
     if (write_text(af.f, root, 0) < 0 || fputc('\n', af.f) == EOF) {
@@ -202,20 +201,38 @@ static loom_status write_plan(const char *path, json_t *root) {
     return loom__atomic_commit(&af);
 }
 
-loom_status loom_autodist_save(loom_autodist_t a, const char *path) {
+// The plan as a JSON tree (NULL root: out of memory); `what` names the destination in errors.
+static loom_status plan_json(loom_autodist_t a, const char *what, json_t **root) {
     const ad_ctx *ctx = &a->ctx;
     const loom_autodist_plan *p = &a->best.pub;
     json_t *ops = NULL;
+    *root = NULL;
     loom_status st = ops_json(ctx, p, &ops);
-    if (st < 0) return loom__error_prefix("saving the plan to %s", path), st;
-    json_t *root = json_pack(
+    if (st < 0) return loom__error_prefix("saving the plan to %s", what), st;
+    *root = json_pack(
         "{s:s, s:i, s:{s:i, s:i, s:i, s:s}, s:o, s:o, s:{s:f, s:I, s:b}, s:o}", "format",
         PLAN_FORMAT, "version", PLAN_VERSION, "job", "devices", ctx->cfg.devices,
         "global_batch", ctx->cfg.global_batch, "seq", ctx->cfg.seq, "device_spec",
         ctx->spec.name, "model", model_json(&ctx->model), "settings", settings_json(ctx, &a->best),
         "predicted", "step_time_s", p->step_time_s, "peak_memory_bytes",
         (json_int_t)p->peak_memory_bytes, "fits", p->fits, "ops", ops);
-    st = write_plan(path, root);
+    return *root ? LOOM_OK : loom__error(LOOM_ERR_NOMEM, "%s: out of memory writing the plan", what);
+}
+
+loom_status loom_autodist_save(loom_autodist_t a, const char *path) {
+    json_t *root = NULL;
+    loom_status st = plan_json(a, path, &root);
+    if (st == 0) st = write_plan(path, root);
+    json_decref(root);
+    return st;
+}
+
+loom_status loom__autodist_plan_text(loom_autodist_t a, char **text) {
+    *text = NULL;
+    json_t *root = NULL;
+    loom_status st = plan_json(a, "a text", &root);
+    if (st == 0 && !(*text = json_dumps(root, JSON_COMPACT)))
+        st = loom__error(LOOM_ERR_NOMEM, "out of memory writing the plan as text");
     json_decref(root);
     return st;
 }
@@ -445,11 +462,12 @@ static char *layers_text(const int *k, int n) {
     return s;
 }
 
-static loom_status read_plan_file(const char *path, plan_file *f) {
+// A plan file at `path`, or (text non-NULL) the plan in `text`, which `path` then names.
+static loom_status read_plan_file(const char *path, const char *text, plan_file *f) {
     memset(f, 0, sizeof *f);
     f->path = path;
     json_error_t err;
-    f->root = json_load_file(path, 0, &err);
+    f->root = text ? json_loads(text, 0, &err) : json_load_file(path, 0, &err);
     if (!f->root && err.line < 0) return loom__error(LOOM_ERR_IO, "%s: %s", path, err.text);
     if (!f->root)
         return loom__error(LOOM_ERR_FORMAT, "%s: line %d, column %d: %s", path, err.line,
@@ -634,12 +652,12 @@ static loom_status load(plan_file *f, const loom_model_config *model,
     return st;
 }
 
-loom_status loom_autodist_load(const char *path, const loom_model_config *model,
-                               const loom_autodist_config *cfg, loom_autodist_t *out) {
+static loom_status load_plan(const char *path, const char *text, const loom_model_config *model,
+                             const loom_autodist_config *cfg, loom_autodist_t *out) {
     *out = NULL;
     double t0 = now_s();
     plan_file f;
-    LOOM_CHECK(read_plan_file(path, &f));
+    LOOM_CHECK(read_plan_file(path, text, &f));
     struct loom_autodist *a = loom__calloc(1, sizeof *a);
     loom_status st = a ? load(&f, model, cfg, a) : LOOM_ERR_NOMEM;
     plan_file_free(&f);
@@ -647,4 +665,15 @@ loom_status loom_autodist_load(const char *path, const loom_model_config *model,
     if (st == 0 || (st == LOOM_ERR_NOMEM && a && a->best.stages)) *out = a;
     else loom_autodist_free(a);
     return st;
+}
+
+loom_status loom_autodist_load(const char *path, const loom_model_config *model,
+                               const loom_autodist_config *cfg, loom_autodist_t *out) {
+    return load_plan(path, NULL, model, cfg, out);
+}
+
+loom_status loom__autodist_load_text(const char *text, const char *name,
+                                     const loom_model_config *model,
+                                     const loom_autodist_config *cfg, loom_autodist_t *out) {
+    return load_plan(name, text, model, cfg, out);
 }

@@ -175,4 +175,12 @@ struct loom_autodist {
 // The device spec the search ran with.
 const loom_device_spec *loom__autodist_spec(loom_autodist_t a);
 
+// The best plan as the JSON of a plan file, in one line (free it with free()): how rank 0 hands
+// the plan it searched to the other MPI processes.
+loom_status loom__autodist_plan_text(loom_autodist_t a, char **text);
+// loom_autodist_load of a plan in `text`; `name` stands for the file in messages.
+loom_status loom__autodist_load_text(const char *text, const char *name,
+                                     const loom_model_config *model,
+                                     const loom_autodist_config *cfg, loom_autodist_t *out);
+
 #endif // LOOM_COST_AUTODIST_IMPL_H

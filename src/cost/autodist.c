@@ -367,8 +367,8 @@ static loom_status choose(search *s) {
     if (best >= 0) return LOOM_OK;
     char what[256];
     describe(&s->plans[smallest], what, sizeof what);
-    return loom__error(LOOM_ERR_NOMEM, "autodist: no plan fits %.2f GB per device; the smallest "
-                       "needs %.2f GB (%s): raise the memory limit to at least that, or add "
+    return loom__error(LOOM_ERR_NOMEM, "autodist: no plan fits %.3g GB per device; the smallest "
+                       "needs %.3g GB (%s): raise the memory limit to at least that, or add "
                        "devices", ctx->cfg.mem_constraint / 1e9, (double)a->min_memory / 1e9,
                        what);
 }

@@ -72,6 +72,10 @@ typedef loom_status (*loom__rank_fn)(rank_state *rs);
 loom_status loom__parallelize_autodist(loom_model_t model, const loom_compute_config *cc,
                                        const loom_train_config *tc, loom_parallel_t *out);
 
+// Threads per rank: tc->threads, else this machine's cores shared by the ranks on it (all of
+// them with the local comm; the processes mpirun placed on this node with mpi).
+int loom__threads_per_rank(const loom_compute_config *cc, const loom_train_config *tc);
+
 // The full tensor of a parameter-shaped value from the unit's shards of it (`local` on each
 // rank): collective over the unit; the unit's first rank receives it in `full`.
 loom_status loom__gather_full(rank_state *rs, const loom_local_leaf *leaf, const float *local,

@@ -459,6 +459,19 @@ static loom_status check_pipeline(const loom_compute_config *cc, const loom_trai
     return LOOM_OK;
 }
 
+int loom__threads_per_rank(const loom_compute_config *cc, const loom_train_config *tc) {
+    if (tc->threads > 0) return tc->threads;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int sharing = cc->runtime_ndevices;
+    if (cc->comm == LOOM_COMM_MPI) {
+        const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+        if (!local) local = getenv("SLURM_NTASKS_PER_NODE");
+        sharing = local && atoi(local) > 0 ? atoi(local) : 1;
+    }
+    int threads = (int)(cores / (sharing > 0 ? sharing : 1));
+    return threads < 1 ? 1 : threads;
+}
+
 loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
                              const loom_train_config *tc, loom_parallel_t *out) {
     *out = NULL;
@@ -494,17 +507,7 @@ loom_status loom_parallelize(loom_model_t model, const loom_compute_config *cc,
     p->nmicros = cc->pipeline_nmicros;
     p->micros = tc->grad_accum * p->nmicros;
     p->micro_rows = tc->batch / units / p->nmicros;
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    // Ranks sharing this machine's cores: all of them as threads, or the MPI processes that
-    // the launcher placed on this node.
-    int per_process = p->nranks;
-    if (cc->comm == LOOM_COMM_MPI) {
-        const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-        if (!local) local = getenv("SLURM_NTASKS_PER_NODE");
-        per_process = local && atoi(local) > 0 ? atoi(local) : 1;
-    }
-    p->threads_per_rank = tc->threads > 0 ? tc->threads : (int)(cores / per_process);
-    if (p->threads_per_rank < 1) p->threads_per_rank = 1;
+    p->threads_per_rank = loom__threads_per_rank(cc, tc);
     size_t M = (size_t)p->micros, micro_ids = (size_t)(units * p->micro_rows * tc->seq);
     p->loss_norm = loom__calloc(M, sizeof(float));
     p->src_tokens = loom__calloc(M, sizeof(int32_t *));
