@@ -673,6 +673,37 @@ static void pipeline_pivots(void) {
     loom_autodist_free(ad);
 }
 
+// Stage splits: the slowest stage as fast as it can be, and the others even under it, not packed
+// from the front: virtual stages holding neither the embeddings nor the head (alike in cost per
+// layer) differ by one layer at most, which a split that leaves its slack to the last stages
+// breaks (GPT-2 small on 4 stages: 6,4,1,1 rather than 3,4,4,1).
+static void balanced_stages(void) {
+    static const struct {
+        const char *model;
+        int pp, devices, batch;
+    } cases[] = {{"gpt2-small", 4, 4, 16}, {"llama-2-7b", 8, 8, 32}, {"llama-3-70b", 8, 64, 64}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        loom_model_config m = load_model(cases[c].model);
+        loom_autodist_config ac = h100(cases[c].devices, cases[c].batch, 1024, 0);
+        ac.pp = cases[c].pp;
+        char what[96];
+        snprintf(what, sizeof what, "%s pp %d", cases[c].model, cases[c].pp);
+        loom_autodist_t ad = search_ok(&m, &ac, what);
+        if (!ad) continue;
+        const loom_autodist_plan *p = loom_autodist_best(ad);
+        int lo = 1 << 30, hi = 0;
+        for (int s = 0; s < p->n_stages; s++) {
+            const loom_autodist_stage *st = &p->stages[s];
+            if (st->embeddings || st->head) continue;
+            if (st->n_layers < lo) lo = st->n_layers;
+            if (st->n_layers > hi) hi = st->n_layers;
+        }
+        CHECK_MSG(p->n_stages > 2 && hi - lo <= 1, "%s: stages '%s' (middle ones %d to %d layers)",
+                  what, p->pipeline_layers, lo, hi);
+        loom_autodist_free(ad);
+    }
+}
+
 // One fixed shape under a recomputation choice (mode, or modules when `modules` is set).
 static loom_autodist_t recompute_shape(const loom_model_config *m, int mode, const char *modules) {
     loom_autodist_config ac = h100(1, 8, 1024, 0);
@@ -824,6 +855,7 @@ int main(void) {
     fixed_plan_reproduces();
     invalid_settings();
     max_partition_degree();
+    balanced_stages();
     per_op_search();
     pipeline_pivots();
     recompute_modules();

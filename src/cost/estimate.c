@@ -91,7 +91,49 @@ static int cut(const ad_ctx *ctx, const ad_parts *parts, int n_stages, double li
     return 0;
 }
 
-// Layers per virtual stage minimizing the slowest stage (bisection on its cost).
+// Among the splits whose stages all cost at most `limit`, the one with the least sum of squared
+// stage costs (the stages that are not the bottleneck balanced too, as the runtime's own
+// balancing does, rather than the slack left to the last ones): dynamic programming over
+// (stage, first layer), stage lengths bounded by the limit. 0 when none exists.
+static int balanced_cut(const ad_ctx *ctx, const ad_parts *parts, int n_stages, double limit,
+                        int *k) {
+    int L = ctx->model.n_layer, S = n_stages;
+    // sum[s * (L + 1) + i]: least sum of squares of stages s.. with stage s starting at layer i
+    // (< 0: impossible); take[...]: that stage's layers.
+    double *sum = loom__malloc((size_t)(S + 1) * (size_t)(L + 1) * sizeof(double));
+    int *take = loom__malloc((size_t)S * (size_t)(L + 1) * sizeof(int));
+    if (!sum || !take) return loom__free(sum), loom__free(take), 0;
+#define SUM(s, i) sum[(size_t)(s) * (size_t)(L + 1) + (size_t)(i)]
+#define TAKE(s, i) take[(size_t)(s) * (size_t)(L + 1) + (size_t)(i)]
+    for (int i = 0; i <= L; i++) SUM(S, i) = i == L ? 0 : -1;
+    for (int s = S - 1; s >= 0; s--)
+        for (int i = 0; i <= L; i++) {
+            SUM(s, i) = -1;
+            if ((s == 0) != (i == 0) || (s > 0 && !may_start(ctx, i))) continue;
+            for (int n = 1; i + n <= L - (S - 1 - s); n++) {
+                double c = stage_cost(parts, s, S, n);
+                if (c > limit) break;
+                double rest = SUM(s + 1, i + n);
+                if (rest < 0) continue;
+                if (SUM(s, i) < 0 || c * c + rest < SUM(s, i)) {
+                    SUM(s, i) = c * c + rest;
+                    TAKE(s, i) = n;
+                }
+            }
+        }
+    int ok = SUM(0, 0) >= 0;
+    for (int s = 0, i = 0; ok && s < S; s++) {
+        k[s] = TAKE(s, i);
+        i += k[s];
+    }
+#undef SUM
+#undef TAKE
+    loom__free(sum), loom__free(take);
+    return ok;
+}
+
+// Layers per virtual stage: the least slowest stage (bisection on its cost), then the most even
+// split under it.
 static loom_status split_layers(const ad_ctx *ctx, const ad_parts *parts, int n_stages, int *k) {
     int L = ctx->model.n_layer;
     if (n_stages == 1) {
@@ -113,7 +155,7 @@ static loom_status split_layers(const ad_ctx *ctx, const ad_parts *parts, int n_
             if (cut(ctx, parts, n_stages, mid, allowed, k)) hi = mid;
             else lo = mid;
         }
-        cut(ctx, parts, n_stages, hi, allowed, k);
+        if (!balanced_cut(ctx, parts, n_stages, hi, k)) cut(ctx, parts, n_stages, hi, allowed, k);
     }
     loom__free(allowed);
     return st;
