@@ -319,6 +319,13 @@ static void describe(const ad_plan *p, char *buf, size_t cap) {
              p->pub.zero ? "on" : "off");
 }
 
+// GB for a message: whole above 100, two decimals above 1, three digits below.
+static const char *gb_text(double bytes, char *buf, size_t cap) {
+    double gb = bytes / 1e9;
+    snprintf(buf, cap, gb >= 100 ? "%.0f" : gb >= 1 ? "%.2f" : "%.3g", gb);
+    return buf;
+}
+
 static loom_status choose(search *s) {
     struct loom_autodist *a = s->a;
     const ad_ctx *ctx = &a->ctx;
@@ -365,12 +372,12 @@ static loom_status choose(search *s) {
         why_rejected(ctx, &a->best, alt);
     }
     if (best >= 0) return LOOM_OK;
-    char what[256];
+    char what[256], limit[32], needs[32];
     describe(&s->plans[smallest], what, sizeof what);
-    return loom__error(LOOM_ERR_NOMEM, "autodist: no plan fits %.3g GB per device; the smallest "
-                       "needs %.3g GB (%s): raise the memory limit to at least that, or add "
-                       "devices", ctx->cfg.mem_constraint / 1e9, (double)a->min_memory / 1e9,
-                       what);
+    return loom__error(LOOM_ERR_NOMEM, "autodist: no plan fits %s GB per device; the smallest "
+                       "needs %s GB (%s): raise the memory limit to at least that, or add "
+                       "devices", gb_text(ctx->cfg.mem_constraint, limit, sizeof limit),
+                       gb_text((double)a->min_memory, needs, sizeof needs), what);
 }
 
 loom_status loom_autodist_search(const loom_model_config *model, const loom_autodist_config *cfg,
