@@ -1,9 +1,10 @@
 // Measured op costs: each distinct forward node runs as a one-node graph with its backward on
 // the real backend (alone, or as several copies at once like ranks sharing the machine), and
-// its best time is its cost. Measurements are cached on disk
+// its typical time (the median of a round's runs, the least over rounds) is its cost.
+// Measurements are cached on disk
 // ($XDG_CACHE_HOME/loom/ops/cpu.json), keyed by op signature, input shapes, dtypes and roles,
 // attributes and threads. An entry is refined by the next processes that use it (one more
-// round each, until REFINE_SESSIONS sessions measured it; the best time kept), so a measurement
+// round each, until REFINE_SESSIONS sessions measured it; the least time kept), so a measurement
 // spoiled by a burst of other work on the machine does not stay for good.
 
 #include "runtime/runner.h"
@@ -21,6 +22,8 @@
 #include <unistd.h>
 
 enum { MEASURE_RUNS = 3, MEASURE_ROUNDS = 3, REFINE_SESSIONS = 2 };
+// 3: an op's time is its median run (2 kept the best run; such files are measured again).
+enum { CACHE_VERSION = 3 };
 
 // This process's stamp on the entries it measures: one refinement per entry per process.
 static json_int_t session;
@@ -174,9 +177,10 @@ static loom_status node_graph(const loom_graph *g, const loom_node *n, loom_grap
     return st;
 }
 
-// The best forward and backward times of node n of g (the run with the best sum), with
-// `concurrent` copies running at once on their own threads, as the ranks sharing this
-// machine's cores and memory do; the copies' mean.
+// The typical forward and backward times of node n of g (the run with the median sum: a step
+// runs each op once, at its typical speed, not its best), with `concurrent` copies running at
+// once on their own threads, as the ranks sharing this machine's cores and memory do; the
+// copies' mean.
 static loom_status measure_node(const loom_graph *g, const loom_node *n, int threads,
                                 int concurrent, double *fwd_s, double *bwd_s) {
     *fwd_s = *bwd_s = 0;
@@ -202,17 +206,21 @@ static loom_status measure_node(const loom_graph *g, const loom_node *n, int thr
         if (started < concurrent)
             st = loom__error(LOOM_ERR_INTERNAL, "measuring op costs: cannot start a thread");
     }
-    double best = -1;
+    double t[MEASURE_RUNS][2];
+    int order[MEASURE_RUNS];
     for (int c = 0; st == 0 && c < concurrent; c++) st = copies[c].st;
     for (int run = 1; st == 0 && run <= MEASURE_RUNS; run++) {  // run 0 warmed up
-        double t[2] = {0, 0};
+        double *r = t[run - 1];
+        r[0] = r[1] = 0;
         for (int c = 0; c < concurrent; c++)
-            t[0] += copies[c].t[run][0] / concurrent, t[1] += copies[c].t[run][1] / concurrent;
-        if (best < 0 || t[0] + t[1] < best) {
-            best = t[0] + t[1];
-            *fwd_s = t[0], *bwd_s = t[1];
-        }
+            r[0] += copies[c].t[run][0] / concurrent, r[1] += copies[c].t[run][1] / concurrent;
+        // Insertion by total time: order[] ends sorted.
+        int at = run - 1;
+        for (; at > 0 && t[order[at - 1]][0] + t[order[at - 1]][1] > r[0] + r[1]; at--)
+            order[at] = order[at - 1];
+        order[at] = run - 1;
     }
+    if (st == 0) *fwd_s = t[order[MEASURE_RUNS / 2]][0], *bwd_s = t[order[MEASURE_RUNS / 2]][1];
     for (int c = 0; copies && c < concurrent; c++) copy_free(&copies[c]);
     loom__free(copies), loom__free(tids);
     loom_graph_destroy(mg);
@@ -247,9 +255,9 @@ static json_t *cache_load(const char *path) {
     json_t *root = path[0] ? json_load_file(path, 0, NULL) : NULL;
     json_t *ops = root ? json_object_get(root, "ops") : NULL;
     json_t *version = root ? json_object_get(root, "version") : NULL;
-    if (!json_is_object(ops) || json_integer_value(version) != 2) {
+    if (!json_is_object(ops) || json_integer_value(version) != CACHE_VERSION) {
         json_decref(root);
-        return json_pack("{s:i, s:{}}", "version", 2, "ops");
+        return json_pack("{s:i, s:{}}", "version", CACHE_VERSION, "ops");
     }
     return root;
 }
