@@ -37,11 +37,12 @@ static int rank;
 
 // The settings every process must agree on, and the layout as a hash.
 static void plan_signature(const loom_autodist_plan *b, long sig[10]) {
-    long h = 5381;
-    for (const char *c = b->layout ? b->layout : ""; *c; c++) h = h * 33 + *c;
-    for (const char *c = b->pipeline_layers ? b->pipeline_layers : ""; *c; c++) h = h * 33 + *c;
+    unsigned long h = 5381;  // djb2, wrapping
+    for (const char *c = b->layout ? b->layout : ""; *c; c++) h = h * 33 + (unsigned char)*c;
+    for (const char *c = b->pipeline_layers ? b->pipeline_layers : ""; *c; c++)
+        h = h * 33 + (unsigned char)*c;
     long v[10] = {b->tp, b->pp, b->dp, b->chunks, b->micro_batch, b->num_micro_batches,
-                  (long)b->schedule, (long)b->recompute, b->zero, h % 1000003};
+                  (long)b->schedule, (long)b->recompute, b->zero, (long)(h % 1000003)};
     memcpy(sig, v, sizeof v);
 }
 
