@@ -216,7 +216,8 @@ static loom_status plan_json(loom_autodist_t a, const char *what, json_t **root)
         ctx->spec.name, "model", model_json(&ctx->model), "settings", settings_json(ctx, &a->best),
         "predicted", "step_time_s", p->step_time_s, "peak_memory_bytes",
         (json_int_t)p->peak_memory_bytes, "fits", p->fits, "ops", ops);
-    return *root ? LOOM_OK : loom__error(LOOM_ERR_NOMEM, "%s: out of memory writing the plan", what);
+    return *root ? LOOM_OK
+                 : loom__error(LOOM_ERR_NOMEM, "%s: out of memory writing the plan", what);
 }
 
 loom_status loom_autodist_save(loom_autodist_t a, const char *path) {

@@ -93,8 +93,9 @@ loom_status loom__trace_write(const char *path, loom_runner *const *runners, con
 size_t loom__runner_optimizer_floats(const loom_runner *r);
 // Measured costs: every distinct forward node of g (op, input shapes and dtypes, attributes)
 // runs alone, forward and backward, on the CPU backend with `threads` threads; cost[node] is
-// its best time in seconds over a few runs (0 for comm ops). Nodes with the same signature share
-// one measurement, so identical layers are profiled once.
+// its typical time in seconds (the median of a few runs, the least over rounds; 0 for comm
+// ops). Nodes with the same signature share one measurement, so identical layers are profiled
+// once.
 loom_status loom__measure_costs(const loom_graph *g, int threads, double *cost);
 // The same with the forward and backward times apart (fwd_s, bwd_s: per node; the clones of
 // recomputed nodes are forward nodes and get their original's times), each op measured while
