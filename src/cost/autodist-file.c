@@ -231,7 +231,7 @@ loom_status loom_autodist_save(loom_autodist_t a, const char *path) {
 loom_status loom__autodist_plan_text(loom_autodist_t a, char **text) {
     *text = NULL;
     json_t *root = NULL;
-    loom_status st = plan_json(a, "a text", &root);
+    loom_status st = plan_json(a, "a message to the other MPI ranks", &root);
     if (st == 0 && !(*text = json_dumps(root, JSON_COMPACT)))
         st = loom__error(LOOM_ERR_NOMEM, "out of memory writing the plan as text");
     json_decref(root);

@@ -94,15 +94,15 @@ static int cut(const ad_ctx *ctx, const ad_parts *parts, int n_stages, double li
 // Among the splits whose stages all cost at most `limit`, the one with the least sum of squared
 // stage costs (the stages that are not the bottleneck balanced too, as the runtime's own
 // balancing does, rather than the slack left to the last ones): dynamic programming over
-// (stage, first layer), stage lengths bounded by the limit. 0 when none exists.
-static int balanced_cut(const ad_ctx *ctx, const ad_parts *parts, int n_stages, double limit,
-                        int *k) {
+// (stage, first layer), stage lengths bounded by the limit. One exists: the greedy cut met it.
+static loom_status balanced_cut(const ad_ctx *ctx, const ad_parts *parts, int n_stages,
+                                double limit, int *k) {
     int L = ctx->model.n_layer, S = n_stages;
     // sum[s * (L + 1) + i]: least sum of squares of stages s.. with stage s starting at layer i
     // (< 0: impossible); take[...]: that stage's layers.
     double *sum = loom__malloc((size_t)(S + 1) * (size_t)(L + 1) * sizeof(double));
     int *take = loom__malloc((size_t)S * (size_t)(L + 1) * sizeof(int));
-    if (!sum || !take) return loom__free(sum), loom__free(take), 0;
+    if (!sum || !take) return loom__free(sum), loom__free(take), LOOM_ERR_NOMEM;
 #define SUM(s, i) sum[(size_t)(s) * (size_t)(L + 1) + (size_t)(i)]
 #define TAKE(s, i) take[(size_t)(s) * (size_t)(L + 1) + (size_t)(i)]
     for (int i = 0; i <= L; i++) SUM(S, i) = i == L ? 0 : -1;
@@ -121,15 +121,15 @@ static int balanced_cut(const ad_ctx *ctx, const ad_parts *parts, int n_stages, 
                 }
             }
         }
-    int ok = SUM(0, 0) >= 0;
-    for (int s = 0, i = 0; ok && s < S; s++) {
+    LOOM_ASSERT(SUM(0, 0) >= 0);
+    for (int s = 0, i = 0; s < S; s++) {
         k[s] = TAKE(s, i);
         i += k[s];
     }
 #undef SUM
 #undef TAKE
     loom__free(sum), loom__free(take);
-    return ok;
+    return LOOM_OK;
 }
 
 // Layers per virtual stage: the least slowest stage (bisection on its cost), then the most even
@@ -155,7 +155,7 @@ static loom_status split_layers(const ad_ctx *ctx, const ad_parts *parts, int n_
             if (cut(ctx, parts, n_stages, mid, allowed, k)) hi = mid;
             else lo = mid;
         }
-        if (!balanced_cut(ctx, parts, n_stages, hi, k)) cut(ctx, parts, n_stages, hi, allowed, k);
+        st = balanced_cut(ctx, parts, n_stages, hi, k);
     }
     loom__free(allowed);
     return st;
